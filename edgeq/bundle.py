@@ -1,0 +1,158 @@
+"""The quantized bundle: one folder that ``edgeq export`` can read without the user's Python code.
+
+    OUT/
+      manifest.json       model spec, input spec, recipe, per-layer decisions, calibration summary,
+                          block map, versions, seed, file hashes
+      model.pt2           the captured float program (torch.export.save, before BN folding)
+      quant.safetensors   integer weights and scales, activation scales and zero-points
+      samples.npy         a few calibration inputs, for fidelity checks after export
+
+Same inputs and seed give a byte-identical quant.safetensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import BundleError
+from .fsutil import atomic_path
+from .quant.fakequant import ActQuant, LayerQuant, apply_weights, insert_quantizers
+from .quant.observers import QParams
+from .quant.recipe import LayerSpec
+from .trace.capture import fold_batchnorm, to_graph_module
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+PROGRAM = "model.pt2"
+TENSORS = "quant.safetensors"
+SAMPLES = "samples.npy"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    exported: torch.export.ExportedProgram
+    tensors: dict[str, torch.Tensor]
+    samples: np.ndarray
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input"]["shape"])
+
+
+def qparams_to_tensors(prefix: str, qp: QParams) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.scale": qp.scale.float().contiguous(),
+            f"{prefix}.zero_point": qp.zero_point.to(torch.int32).contiguous()}
+
+
+def qparams_meta(qp: QParams) -> dict:
+    return {"qmin": qp.qmin, "qmax": qp.qmax, "axis": qp.axis}
+
+
+def write_bundle(out: Path, program: bytes, records: dict[str, LayerQuant],
+                 act_qparams: dict[str, QParams], manifest: dict, samples: np.ndarray) -> dict:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, qp in act_qparams.items():
+        tensors.update(qparams_to_tensors(f"act.{name}", qp))
+    for rec in records.values():
+        tensors[f"weight.{rec.layer}.int"] = rec.weight_int.contiguous()
+        tensors.update(qparams_to_tensors(f"weight.{rec.layer}", rec.weight_qparams))
+    manifest = {"format": "edgeq-bundle", "format_version": BUNDLE_FORMAT,
+                "created_by": f"edgeq {__version__}", **manifest}
+    manifest["activation_quantizers"] = {name: qparams_meta(qp) for name, qp in act_qparams.items()}
+    for rec in records.values():
+        manifest["layers"][rec.layer]["weight_qparams"] = qparams_meta(rec.weight_qparams)
+    with atomic_path(out, is_dir=True) as tmp:
+        save_file(tensors, str(tmp / TENSORS), metadata={"format": "edgeq-bundle"})
+        (tmp / PROGRAM).write_bytes(program)
+        np.save(tmp / SAMPLES, samples.astype(np.float32))
+        manifest["files"] = {f: _sha256(tmp / f) for f in (TENSORS, PROGRAM, SAMPLES)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+    return manifest
+
+
+def _json_default(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir() or not manifest_path.is_file():
+        raise BundleError(f"{path} is not an edgeq bundle (no {MANIFEST}); create one with edgeq quantize.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise BundleError(f"{manifest_path} is not valid JSON; the bundle is corrupt.") from None
+    if manifest.get("format") != "edgeq-bundle":
+        raise BundleError(f"{path} is not an edgeq bundle (manifest format {manifest.get('format')!r}).")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > BUNDLE_FORMAT:
+        raise BundleError(f"{path} was written in bundle format {version!r}, newer than this edgeq "
+                          f"understands ({BUNDLE_FORMAT}); upgrade edgeq.")
+    for name, digest in manifest.get("files", {}).items():
+        if not (path / name).is_file() or _sha256(path / name) != digest:
+            raise BundleError(f"{path / name} is missing or does not match its hash in the manifest; "
+                              f"the bundle is corrupt.")
+    try:
+        exported = torch.export.load(str(path / PROGRAM))
+        tensors = load_file(str(path / TENSORS))
+        samples = np.load(path / SAMPLES, allow_pickle=False)
+    except Exception:  # noqa: BLE001 - any failure here is a damaged bundle
+        raise BundleError(f"{path} could not be read; the bundle is corrupt.") from None
+    return Bundle(path, manifest, exported, tensors, samples)
+
+
+def float_graph(bundle: Bundle) -> torch.fx.GraphModule:
+    gm = to_graph_module(bundle.exported)
+    fold_batchnorm(gm)
+    return gm
+
+
+def quantized_graph(bundle: Bundle) -> torch.fx.GraphModule:
+    """Rebuild the fake-quant graph from the float program and the stored parameters."""
+    gm = float_graph(bundle)
+    layers = {n: d for n, d in bundle.manifest["layers"].items() if d["precision"] == "int8"}
+    plan = {n: (LayerSpec(**d["weight_spec"]), LayerSpec(**d["act_spec"])) for n, d in layers.items()}
+    records = insert_quantizers(gm, plan)
+    stored = bundle.manifest["activation_quantizers"]
+    actual = {name for name, m in gm.named_children() if isinstance(m, ActQuant)}
+    if actual != set(stored):
+        raise BundleError(f"{bundle.path}: the stored quantizers do not fit the program; the bundle is corrupt.")
+    for name, module in gm.named_children():
+        if isinstance(module, ActQuant):
+            module.load(_qparams(bundle.tensors, f"act.{name}", stored[name]))
+    for rec in records.values():
+        meta = layers[rec.layer]["weight_qparams"]
+        rec.weight_qparams = _qparams(bundle.tensors, f"weight.{rec.layer}", meta)
+        rec.weight_int = bundle.tensors[f"weight.{rec.layer}.int"]
+    apply_weights(gm, records)
+    return gm
+
+
+def _qparams(tensors: dict, prefix: str, meta: dict) -> QParams:
+    return QParams(tensors[f"{prefix}.scale"], tensors[f"{prefix}.zero_point"],
+                   meta["qmin"], meta["qmax"], meta["axis"])

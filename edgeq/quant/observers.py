@@ -1,0 +1,148 @@
+"""Range observers: statistics only, separate from the quantizers that use them (as in QDrop).
+
+An observer sees tensors, keeps exact per-channel min/max plus a bounded, seeded sample of values,
+and turns them into a clipping range with one of three methods: ``minmax``, ``percentile`` or
+``mse`` (the clipping range that minimises the quantization error on the sample).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .recipe import LayerSpec
+
+SAMPLES_PER_BATCH = 4096   # values kept per channel from each observed batch
+MAX_SAMPLES = 65536        # values kept per channel in total
+MSE_GRID = torch.linspace(0.30, 1.0, 71)
+MSE_CHUNK_ELEMENTS = 1 << 22  # bound the [grid, channels, values] temporaries
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine quantization parameters; ``axis`` is None for per-tensor."""
+
+    scale: torch.Tensor        # float32, shape [C] (C = 1 for per-tensor)
+    zero_point: torch.Tensor   # int32, shape [C]
+    qmin: int
+    qmax: int
+    axis: int | None
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Signed range for symmetric quantizers, unsigned for asymmetric (fast on x86 int8 kernels)."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def compute_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: LayerSpec, axis: int | None) -> QParams:
+    """Scale and zero-point covering [lo, hi] (per channel), always including 0 exactly."""
+    qmin, qmax = qrange(spec.bits, spec.symmetric)
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    eps = torch.finfo(torch.float32).eps
+    if spec.symmetric:
+        scale = torch.maximum(hi, -lo) / qmax
+        scale = torch.clamp(scale, min=eps)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
+        zero_point = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
+    return QParams(scale.float().contiguous(), zero_point.contiguous(), qmin, qmax, axis)
+
+
+def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Quantize-dequantize ``x`` with ``qp`` (the float value an int8 kernel would see)."""
+    if qp.axis is None:
+        return torch.fake_quantize_per_tensor_affine(
+            x, float(qp.scale[0]), int(qp.zero_point[0]), qp.qmin, qp.qmax)
+    return torch.fake_quantize_per_channel_affine(
+        x, qp.scale, qp.zero_point, qp.axis, qp.qmin, qp.qmax)
+
+
+class Observer:
+    """Collects statistics of one tensor over calibration batches."""
+
+    def __init__(self, spec: LayerSpec, channel_axis: int | None, seed: int = 0):
+        self.spec = spec
+        self.axis = channel_axis if spec.granularity == "per_channel" else None
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+        self.samples: list[torch.Tensor] = []
+        self.kept = 0
+        self.batches = 0
+        self.nonfinite = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        rows = self._rows(x)
+        finite = torch.isfinite(rows)
+        if not finite.all():
+            self.nonfinite += int((~finite).sum())
+            rows = torch.where(finite, rows, torch.zeros_like(rows))
+        lo, hi = rows.amin(1), rows.amax(1)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.batches += 1
+        if self.spec.observer != "minmax" and self.kept < MAX_SAMPLES:
+            take = min(SAMPLES_PER_BATCH, rows.shape[1], MAX_SAMPLES - self.kept)
+            idx = torch.randperm(rows.shape[1], generator=self.generator)[:take]
+            self.samples.append(rows[:, idx].clone())
+            self.kept += take
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """View as [channels, values] (one row for per-tensor)."""
+        if self.axis is None:
+            return x.reshape(1, -1)
+        return x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
+
+    def qparams(self) -> QParams:
+        if self.lo is None:
+            raise RuntimeError("observer saw no data")
+        lo, hi = choose_range(self.lo, self.hi, self._sample(), self.spec)
+        return compute_qparams(lo, hi, self.spec, self.axis)
+
+    def _sample(self) -> torch.Tensor | None:
+        return torch.cat(self.samples, 1) if self.samples else None
+
+    def summary(self) -> dict:
+        return {"min": float(self.lo.min()), "max": float(self.hi.max()), "batches": self.batches}
+
+
+def observe_weight(weight: torch.Tensor, spec: LayerSpec) -> QParams:
+    """Weights are known in full: observe them once along the output-channel axis."""
+    obs = Observer(spec, channel_axis=0)
+    obs.observe(weight)
+    if spec.observer != "minmax":  # the whole weight, not a sample
+        obs.samples = [obs._rows(weight.detach().float())]
+    return obs.qparams()
+
+
+def choose_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor | None,
+                 spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    if spec.observer == "minmax" or sample is None:
+        return lo, hi
+    if spec.observer == "percentile":
+        q = spec.percentile / 100.0
+        return (torch.quantile(sample, 1.0 - q, dim=1).clamp(max=0.0).minimum(hi),
+                torch.quantile(sample, q, dim=1).clamp(min=0.0).maximum(lo))
+    return _mse_range(lo, hi, sample, spec)
+
+
+def _mse_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor,
+               spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrink [lo, hi] by the factor in MSE_GRID that minimises the per-channel squared error."""
+    errors = []
+    chunk = max(1, MSE_CHUNK_ELEMENTS // max(1, sample.numel()))
+    for alphas in MSE_GRID.split(chunk):
+        a = alphas.view(-1, 1)                                   # [G, 1]
+        qp = compute_qparams((lo * a).reshape(-1), (hi * a).reshape(-1), spec, axis=0)
+        scale = qp.scale.view(len(alphas), -1, 1)                # [G, C, 1]
+        zp = qp.zero_point.view(len(alphas), -1, 1).float()
+        q = torch.clamp(torch.round(sample / scale) + zp, qp.qmin, qp.qmax)
+        errors.append(((q - zp) * scale - sample).pow(2).mean(-1))   # [G, C]
+    best = torch.cat(errors).argmin(0)                           # [C]
+    alpha = MSE_GRID[best]
+    return lo * alpha, hi * alpha
