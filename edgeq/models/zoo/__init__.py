@@ -57,9 +57,8 @@ ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
         ZooEntry("mobilevit_xxs", "mobilevit_xxs", epochs=5),
-        ZooEntry("edgenext_xx_small", "edgenext_xx_small", epochs=8),
-        ZooEntry("efficientformerv2_s0", "efficientformerv2_s0", epochs=4,
-                 timm_kwargs={"img_size": 32}),
+        ZooEntry("edgenext_xx_small", "edgenext_xx_small", epochs=4),
+        ZooEntry("levit_128s", "levit_128s", epochs=5, timm_kwargs={"img_size": 32}),
     )
 }
 

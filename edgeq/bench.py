@@ -1,0 +1,162 @@
+"""``edgeq bench``: models × variants → reports/bench.json and reports/bench.md.
+
+Variants per model: ``fp32`` (ONNX), ``ort-minmax`` (ONNX Runtime's quantize_static, the peer)
+and one row per edgeq recipe. Accuracy is top-1 on the bundled Fashion-MNIST test set (zoo suite);
+latency is ONNX Runtime CPU, batch 1, 2 threads, with all variants of a model measured
+round-robin in one run so that the speed ratios are fair on a noisy machine.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import ui
+from .envinfo import machine, package_versions
+from .fsutil import write_text_atomic
+
+ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
+SPEED_SUITE = ("mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "fastvit_t8", "edgenext_xx_small")
+ROW_FIELDS = ("model", "variant", "runtime", "top1", "drop_pp", "latency_ms_p50", "speedup_vs_fp32",
+              "ptq_seconds", "artifact_bytes")
+SPEED_CALIB = 32
+
+
+def run_bench(suite: str, models: list[str] | None, recipes: list[str], runs: int,
+              eval_limit: int | None, out_dir: str | Path) -> dict:
+    from .errors import EdgeqError
+    from .quant.recipe import load_recipe
+    for r in recipes:
+        load_recipe(r)  # fail fast on a bad recipe name
+    plan = _plan(suite, models)
+    if not plan:
+        raise EdgeqError(f"no models selected; the {suite} suite has "
+                         f"{', '.join(ZOO_SUITE if suite == 'zoo' else SPEED_SUITE)}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
+    try:
+        for suite_name, name in ui.track(plan, "benchmarking"):
+            rows += bench_model(suite_name, name, recipes, runs, eval_limit, work / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = _merge(out_dir / "bench.json", rows)
+    write_text_atomic(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    write_text_atomic(out_dir / "bench.md", markdown)
+    return {"rows": rows, "markdown": markdown, "json": str(out_dir / "bench.json")}
+
+
+def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:
+    suites = {"zoo": ZOO_SUITE, "speed": SPEED_SUITE}
+    chosen = ("zoo", "speed") if suite == "all" else (suite,)
+    from .errors import EdgeqError
+    plan = []
+    for s in chosen:
+        names = suites[s]
+        if models:
+            unknown = [m for m in models if m not in names and not any(m in suites[o] for o in chosen)]
+            if unknown:
+                raise EdgeqError(f"{unknown[0]!r} is not in the {suite} suite ({', '.join(names)}).")
+            names = [m for m in names if m in models]
+        plan += [(s, n) for n in names]
+    return plan
+
+
+def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit: int | None,
+                work: Path) -> list[dict]:
+    from . import api
+    from .baselines import ort_minmax
+    from .data import load_data
+    from .evaluate import input_spec_of
+    from .profile import ort_cpu
+    from .profile.ort_cpu import measure_interleaved
+
+    work.mkdir(parents=True)
+    spec = f"zoo:{name}" if suite == "zoo" else f"timm:{name}"
+    calib_size = None if suite == "zoo" else SPEED_CALIB
+    artifacts: dict[str, dict] = {}
+    for i, recipe in enumerate(recipes):
+        bundle = work / f"{recipe}.edgeq"
+        q = api.quantize(spec, "zoo", recipe, bundle, calib_size=calib_size)
+        api.export(bundle, "onnx", work / f"{recipe}.onnx", precision="int8")
+        artifacts[recipe] = {"path": work / f"{recipe}.onnx", "ptq_seconds": q["ptq_seconds"]}
+        if i == 0:
+            api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
+            artifacts["fp32"] = {"path": work / "fp32.onnx", "ptq_seconds": None}
+    fp32_sess = ort_cpu.session(artifacts["fp32"]["path"])
+    spec_in = input_spec_of(json.loads(Path(str(artifacts["fp32"]["path"]) + ".json").read_text()), fp32_sess)
+    calib = load_data("zoo", spec_in, limit=calib_size or 256)
+    seconds = ort_minmax(artifacts["fp32"]["path"], work / "ort-minmax.onnx", calib.x)
+    artifacts["ort-minmax"] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
+
+    order = ["fp32", "ort-minmax", *recipes]
+    accuracy = {}
+    if suite == "zoo":
+        test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
+        for v in order:
+            outputs = ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x)
+            accuracy[v] = float((outputs.argmax(1) == test.labels).mean())
+    latency = measure_interleaved({v: artifacts[v]["path"] for v in order}, runs=runs, warmup=10)
+    rows = []
+    for v in order:
+        top1 = accuracy.get(v)
+        rows.append({
+            "suite": suite, "model": name, "variant": v, "runtime": "ort",
+            "top1": round(top1, 4) if top1 is not None else None,
+            "drop_pp": round(100 * (accuracy["fp32"] - top1), 2) if top1 is not None else None,
+            "latency_ms_p50": latency[v].p50_ms, "latency_ms_p90": latency[v].p90_ms,
+            "speedup_vs_fp32": round(latency["fp32"].p50_ms / latency[v].p50_ms, 3),
+            "ptq_seconds": artifacts[v]["ptq_seconds"],
+            "artifact_bytes": Path(artifacts[v]["path"]).stat().st_size,
+            "input_shape": list(spec_in.shape),
+            "eval_samples": len(test) if suite == "zoo" else None,
+        })
+    return rows
+
+
+def _merge(path: Path, rows: list[dict]) -> dict:
+    """Replace this run's (suite, model) rows in an existing report, keep the others."""
+    old_rows = []
+    if path.is_file():
+        try:
+            old_rows = json.loads(path.read_text()).get("rows", [])
+        except ValueError:
+            old_rows = []
+    fresh = {(r["suite"], r["model"]) for r in rows}
+    kept = [r for r in old_rows if (r.get("suite"), r.get("model")) not in fresh]
+    return {"schema_version": 1, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "env": {"machine": machine(), "versions": package_versions()},
+            "protocol": {"latency": "ONNX Runtime CPU EP, batch 1, 2 intra-op threads, variants of a "
+                                    "model measured round-robin in one run; p50 over the timed runs",
+                         "accuracy": "top-1 on the bundled Fashion-MNIST test set, ONNX Runtime",
+                         "speedup_vs_fp32": "ORT FP32 p50 / variant p50 of the same model"},
+            "rows": kept + rows}
+
+
+def to_markdown(report: dict) -> str:
+    env = report["env"]["machine"]
+    lines = [f"# edgeq bench", "",
+             f"Machine: {env['processor']}, {env['cpu_count']} cores ({env['platform']}); "
+             f"generated {report['generated']}.", "", report["protocol"]["latency"] + ".", ""]
+    for suite in ("zoo", "speed"):
+        rows = [r for r in report["rows"] if r.get("suite") == suite]
+        if not rows:
+            continue
+        lines += [f"## {suite} suite", "", "| " + " | ".join(ROW_FIELDS) + " |",
+                  "|" + "---|" * len(ROW_FIELDS)]
+        for r in rows:
+            lines.append("| " + " | ".join(_cell(r.get(f)) for f in ROW_FIELDS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,202 @@
+"""The ``edgeq`` command: a thin click layer over edgeq.api, one function per command."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeqError
+
+
+def _emit(result: dict, as_json: bool, human) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        human(result)
+
+
+def command(fn):
+    """Shared --json flag, progress control and the one-sentence error contract (exit 2)."""
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+    @functools.wraps(fn)
+    def wrapper(*args, as_json: bool = False, **kwargs):
+        from . import ui
+        ui.set_progress(not as_json)
+        try:
+            return fn(*args, as_json=as_json, **kwargs)
+        except EdgeqError as exc:
+            if as_json:
+                click.echo(json.dumps({"error": str(exc)}))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper
+
+
+def model_options(fn):
+    for option in reversed([
+        click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded weights_only)."),
+        click.option("--num-classes", type=int, help="Classifier size for timm models."),
+        click.option("--in-chans", type=int, help="Input channels for timm models."),
+        click.option("--input-shape", help="Input shape such as 1x3x224x224 (default: from zoo/timm config)."),
+        click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that need full unpickling."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edgeq")
+def main():
+    """edgeq: quantize, export and profile hybrid CNN+Transformer models for edge devices."""
+
+
+@main.command()
+@click.option("--model", "model", required=True,
+              help="zoo:NAME, timm:NAME, path/to/file.py:factory, package.module:factory or file.pt2.")
+@model_options
+@click.option("--calib", default="zoo", show_default=True,
+              help="Image folder, file.npy, file.npz[:key], or 'zoo' (bundled Fashion-MNIST subset).")
+@click.option("--calib-size", type=int, help="Calibration samples to use (default: the recipe's).")
+@click.option("--batch-size", type=int, help="Calibration batch size (default: the recipe's).")
+@click.option("--recipe", default="w8a8-fast", show_default=True, help="Built-in recipe name or a .yaml/.json file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@command
+def quantize(model, weights, num_classes, in_chans, input_shape, trust_pickle, calib, calib_size,
+             batch_size, recipe, out, seed, force, as_json):
+    """Quantize a model into a self-describing .edgeq bundle."""
+    from . import api
+    result = api.quantize(model, calib, recipe, out, weights=weights, num_classes=num_classes,
+                          in_chans=in_chans, input_shape=input_shape, trust_pickle=trust_pickle,
+                          seed=seed, calib_size=calib_size, batch_size=batch_size, force=force)
+    _emit(result, as_json, lambda r: click.echo(
+        f"wrote {r['bundle']}: {r['quantized_layers']} int8 layers, {r['float_layers']} float, "
+        f"{r['batchnorm_folded']} BatchNorms folded, {r['ptq_seconds']} s\n"
+        f"fake-quant vs float on calibration samples: cosine {r['fidelity_fakequant_vs_float']['cosine']}, "
+        f"top-1 agreement {r['fidelity_fakequant_vs_float']['top1_agreement']}"))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--to", "to", default="onnx", show_default=True, help="Export target (onnx).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="File to write.")
+@click.option("--precision", default="int8", show_default=True, type=click.Choice(["int8", "fp16", "fp32"]))
+@click.option("--opset", default=18, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@command
+def export(bundle, to, out, precision, opset, force, as_json):
+    """Export a quantized bundle (QDQ ONNX) and check its fidelity against the torch model."""
+    from . import api
+    result = api.export(bundle, to, out, precision=precision, opset=opset, force=force)
+    _emit(result, as_json, lambda r: click.echo(
+        f"wrote {r['path']} ({r['precision']}, {r['bytes'] / 1e6:.2f} MB, opset {r['opset']})\n"
+        f"fidelity vs {r['fidelity_vs_torch']['reference']}: max abs diff "
+        f"{r['fidelity_vs_torch']['max_abs_diff']:.3g}, cosine {r['fidelity_vs_torch']['cosine']}, "
+        f"top-1 agreement {r['fidelity_vs_torch']['top1_agreement']}"))
+
+
+@main.command()
+@click.argument("model")
+@model_options
+@command
+def inspect(model, weights, num_classes, in_chans, input_shape, trust_pickle, as_json):
+    """Show the block map (stem/conv/bridge/attention/mlp/head), params, MACs and quantizable ops."""
+    from . import api
+    result = api.inspect(model, weights=weights, num_classes=num_classes, in_chans=in_chans,
+                         input_shape=input_shape, trust_pickle=trust_pickle)
+    _emit(result, as_json, _print_inspect)
+
+
+def _print_inspect(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    shape = "x".join(map(str, r["input"]["shape"]))
+    console.print(f"[bold]{r['model']}[/] input {shape}, {r['total_params'] / 1e6:.2f} M params, "
+                  f"{r['total_macs'] / 1e6:.1f} M MACs, {r['batchnorm_folded']} BatchNorms folded")
+    table = Table("block", "kind", "layers", "params", "MMACs")
+    for b in r["blocks"]:
+        table.add_row(b["name"], b["kind"], str(len(b["layers"])), f"{b['params']:,}", f"{b['macs'] / 1e6:.2f}")
+    console.print(table)
+    ops = Table("op", "count", "quantized", "how")
+    for op, info in r["quantizable_ops"].items():
+        ops.add_row(op, str(info["count"]), "yes" if info["quantized"] else "no", info["how"])
+    console.print(ops)
+
+
+@main.command(name="eval")
+@click.argument("artifact", type=click.Path())
+@click.option("--data", default="zoo:test", show_default=True,
+              help="Image folder (class subfolders give labels), file.npz with x/y, file.npy, zoo:test.")
+@click.option("--limit", type=int, help="Evaluate only the first N samples.")
+@click.option("--reference", type=click.Path(), help="FP32 ONNX to compare outputs with (default: the bundle's).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@command
+def eval_cmd(artifact, data, limit, reference, threads, as_json):
+    """Top-1 of an exported artifact in ONNX Runtime, and output fidelity vs FP32."""
+    from . import api
+    result = api.evaluate(artifact, data, limit=limit, reference=reference, threads=threads)
+
+    def human(r):
+        lines = [f"{r['artifact']} on {r['data']} ({r['samples']} samples, {r['seconds']} s)"]
+        if "top1" in r:
+            lines.append(f"top-1 {100 * r['top1']:.2f} %" + (
+                f" (FP32 {100 * r['fp32_top1']:.2f} %, drop {r['drop_pp']} pp)" if "fp32_top1" in r else ""))
+        if "vs_fp32" in r:
+            v = r["vs_fp32"]
+            lines.append(f"vs FP32: cosine {v['cosine']}, SQNR {v['sqnr_db']} dB, "
+                         f"top-1 agreement {v['top1_agreement']}")
+        click.echo("\n".join(lines))
+    _emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--runs", default=100, show_default=True, type=int)
+@click.option("--warmup", default=10, show_default=True, type=int)
+@click.option("--batch", default=1, show_default=True, type=int)
+@command
+def profile(artifact, threads, runs, warmup, batch, as_json):
+    """ONNX Runtime CPU latency (p50/p90/p99) of an exported artifact."""
+    from . import api
+    result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch)
+    _emit(result, as_json, lambda r: click.echo(
+        f"{r['artifact']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
+        f"(batch {r['batch']}, {r['threads']} threads, {r['runs']} runs after {r['warmup']} warm-up)"))
+
+
+@main.command()
+@click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all"]))
+@click.option("--models", help="Comma-separated subset of the suite's models.")
+@click.option("--recipes", default="w8a8-fast", show_default=True, help="Comma-separated edgeq recipes.")
+@click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
+@click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
+@click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@command
+def bench(suite, models, recipes, runs, eval_limit, out_dir, as_json):
+    """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
+    from .bench import run_bench
+    result = run_bench(suite, models.split(",") if models else None, recipes.split(","), runs,
+                       eval_limit, out_dir)
+    _emit(result, as_json, lambda r: click.echo(r["markdown"]))
+
+
+@main.command()
+@click.option("--model", default="zoo:mobilevit_xxs", show_default=True)
+@click.option("-o", "--output", "out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@command
+def demo(model, out, force, as_json):
+    """Quantize a bundled zoo model, export it, evaluate it, profile it and write a report."""
+    from .demo import run_demo
+    result = run_demo(model, out, force)
+    _emit(result, as_json, lambda r: click.echo(r["markdown"] + f"\nreport: {r['report_md']}"))
+
+
+if __name__ == "__main__":
+    main()

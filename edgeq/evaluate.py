@@ -1,0 +1,63 @@
+"""Evaluate an exported artifact in ONNX Runtime: top-1 with labels, fidelity to FP32 always when known."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import float_graph, read_bundle
+from .data import load_data
+from .errors import ArtifactError, CalibrationError
+from .export.onnx import read_artifact
+from .metrics import compare, top1
+from .models.intake import InputSpec
+from .profile import ort_cpu
+from .quant.pipeline import run_graph
+
+
+def input_spec_of(record: dict, sess) -> InputSpec:
+    if record.get("input"):
+        return InputSpec.from_dict(record["input"])
+    _, shape = ort_cpu.input_info(sess)
+    return InputSpec(tuple(d if isinstance(d, int) else 1 for d in shape))
+
+
+def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
+                      reference: str | None = None, threads: int | None = None) -> dict:
+    record = read_artifact(artifact)
+    sess = ort_cpu.session(artifact, threads)
+    spec = input_spec_of(record, sess)
+    dataset = load_data(data, spec, limit=limit, default_split="test", what="evaluation")
+    start = time.perf_counter()
+    outputs = ort_cpu.run(sess, dataset.x)
+    seconds = time.perf_counter() - start
+    result = {"artifact": str(artifact), "precision": record.get("precision"), "data": dataset.source,
+              "samples": len(dataset), "seconds": round(seconds, 2)}
+    if dataset.labels is not None:
+        result["top1"] = round(top1(outputs, dataset.labels), 4)
+    ref = _reference_outputs(record, dataset.x, reference, threads)
+    if ref is not None:
+        result["vs_fp32"] = {k: v for k, v in compare(ref[0], outputs).items() if k != "samples"}
+        result["vs_fp32"]["reference"] = ref[1]
+        if dataset.labels is not None:
+            result["fp32_top1"] = round(top1(ref[0], dataset.labels), 4)
+            result["drop_pp"] = round(100 * (result["fp32_top1"] - result["top1"]), 2)
+    if "top1" not in result and ref is None:
+        raise CalibrationError(f"{dataset.source} has no labels and no FP32 reference is known for {artifact}; "
+                               f"pass labelled data or --reference fp32.onnx.")
+    return result
+
+
+def _reference_outputs(record: dict, x: np.ndarray, reference: str | None, threads) -> tuple | None:
+    if reference:
+        ref_record = read_artifact(reference)
+        if ref_record.get("precision") not in ("fp32", "unknown"):
+            raise ArtifactError(f"--reference {reference} is a {ref_record['precision']} artifact, not FP32.")
+        return ort_cpu.run(ort_cpu.session(reference, threads), x), f"{reference} (ONNX Runtime)"
+    bundle_path = record.get("bundle")
+    if bundle_path and Path(bundle_path).is_dir():
+        bundle = read_bundle(bundle_path)
+        batch = 64 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
+        return run_graph(float_graph(bundle), x, batch), f"torch float model of {bundle_path}"
+    return None
