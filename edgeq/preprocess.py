@@ -12,7 +12,7 @@ import torch.nn.functional as F
 def preprocess_uint8(images: np.ndarray, size: int | tuple[int, int], in_chans: int,
                      mean, std) -> np.ndarray:
     """uint8 images [N, H, W] or [N, H, W, C] → float32 [N, in_chans, size, size], normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     x = _match_channels(x, in_chans)
     hw = (size, size) if isinstance(size, int) else tuple(size)

@@ -123,12 +123,20 @@ def _layer(gm: fx.GraphModule, node: fx.Node) -> Layer:
         groups = node.args[6] if len(node.args) > 6 else 1
         if groups > 1 and weight.shape[1] == 1:  # one input channel per group
             op = "dwconv"
-        macs = out.numel() * weight[0].numel()
+        macs = _per_sample(out) * weight[0].numel()
     else:
-        macs = out.numel() * weight.shape[1]
+        macs = _per_sample(out) * weight.shape[1]
     bias = _tensor(gm, node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
     params = weight.numel() + (bias.numel() if bias is not None else 0)
     return Layer(node.name, module_path(node), op, tuple(weight.shape), int(params), int(macs))
+
+
+def _per_sample(t: torch.Tensor) -> int:
+    """Elements per batch item (MACs are reported for batch 1; the batch axis may be symbolic)."""
+    count = 1
+    for d in t.shape[1:]:
+        count *= int(d)
+    return count
 
 
 def _tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
@@ -282,9 +290,9 @@ def _attention_macs(nodes: list[fx.Node], units: dict[str, str]) -> dict[str, in
     for n in nodes:
         if n.target == aten.scaled_dot_product_attention.default:
             q, k = n.args[0].meta["val"], n.args[1].meta["val"]
-            count = 2 * q.numel() * k.shape[-2]
+            count = 2 * _per_sample(q) * int(k.shape[-2])
         elif n.target in MATMUL_OPS:
-            count = n.meta["val"].numel() * n.args[0].meta["val"].shape[-1]
+            count = _per_sample(n.meta["val"]) * int(n.args[0].meta["val"].shape[-1])
         else:
             continue
         unit = units.get(n.name) or _owner_unit(n, units)

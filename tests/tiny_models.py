@@ -1,0 +1,108 @@
+"""A tiny conv + attention hybrid for unit tests (runs in milliseconds).
+
+stem conv+BN → two residual conv blocks → a conv bridge into a transformer block
+(attention + MLP) → a conv projecting back → pooled linear head.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pw = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x + self.pw(F.relu(self.dw(F.relu(self.bn1(self.conv1(x))))))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim * 2)
+        self.fc2 = nn.Linear(dim * 2, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim)
+        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class HybridStage(nn.Module):
+    def __init__(self, c_in, dim):
+        super().__init__()
+        self.conv_in = nn.Conv2d(c_in, dim, 3, padding=1, bias=False)
+        self.bn_in = nn.BatchNorm2d(dim)
+        self.transformer = nn.ModuleList([TransformerBlock(dim)])
+        self.conv_out = nn.Conv2d(dim, c_in, 1)
+
+    def forward(self, x):
+        y = F.relu(self.bn_in(self.conv_in(x)))
+        b, c, h, w = y.shape
+        t = y.flatten(2).transpose(1, 2)
+        for block in self.transformer:
+            t = block(t)
+        y = t.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.conv_out(y)
+
+
+class TinyHybrid(nn.Module):
+    edgeq_input_shape = (1, 3, 32, 32)
+
+    def __init__(self, num_classes=10, in_chans=3):
+        super().__init__()
+        self.stem_conv = nn.Conv2d(in_chans, 16, 3, stride=2, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.blocks = nn.ModuleList([ConvBlock(16), ConvBlock(16), HybridStage(16, 32), ConvBlock(16)])
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem_conv(x)))
+        x = F.max_pool2d(x, 2)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean((2, 3)))
+
+
+def tiny_hybrid():
+    """Factory used as ``tests/tiny_models.py:tiny_hybrid``; trained-looking BN statistics, fixed seed."""
+    torch.manual_seed(0)
+    model = TinyHybrid()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def not_a_module():
+    return 42
