@@ -21,6 +21,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8-fast", out: str
     from .models.intake import load_model, parse_input_shape
     from .quant.pipeline import quantize_model
     from .quant.recipe import CalibSpec, load_recipe
+    from .trace.capture import check_input_shape
 
     out = check_output(out, force)
     rec = load_recipe(recipe)
@@ -31,6 +32,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8-fast", out: str
             calib_size or rec.calibration.samples, batch_size or rec.calibration.batch_size))
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     loaded = load_model(model, weights, num_classes, in_chans, shape, trust_pickle)
+    check_input_shape(loaded)
     data = load_data(calib, loaded.input_spec, limit=rec.calibration.samples)
     return quantize_model(loaded, data, rec, out, seed)
 

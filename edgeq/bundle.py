@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import BundleError
 from .fsutil import atomic_path
+from .models.intake import load_program
 from .quant.fakequant import ActQuant, LayerQuant, apply_weights, insert_quantizers
 from .quant.observers import QParams
 from .quant.recipe import LayerSpec
@@ -118,7 +119,7 @@ def read_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"{path / name} is missing or does not match its hash in the manifest; "
                               f"the bundle is corrupt.")
     try:
-        exported = torch.export.load(str(path / PROGRAM))
+        exported = load_program(path / PROGRAM)
         tensors = load_file(str(path / TENSORS))
         samples = np.load(path / SAMPLES, allow_pickle=False)
     except Exception:  # noqa: BLE001 - any failure here is a damaged bundle

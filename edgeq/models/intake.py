@@ -190,7 +190,7 @@ def read_checkpoint(path: Path, trust_pickle: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle_errors() as exc:
-        if "weights_only" in str(exc) and not trust_pickle:
+        if "Unsupported global" in str(exc) and not trust_pickle:
             raise CheckpointError(f"{path} contains pickled Python objects, not just tensors; "
                                   f"pass --trust-pickle only if you trust its author.") from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated).") from None
@@ -206,18 +206,31 @@ def _load_pt2(path: Path, input_shape) -> LoadedModel:
     if not path.is_file():
         raise ModelSpecError(f"program {path} does not exist.")
     try:
-        exported = torch.export.load(str(path))
+        exported = load_program(path)
     except Exception:  # noqa: BLE001 - torch raises many types for bad archives
         raise ModelSpecError(f"{path} is not a saved torch.export program (torch.export.save).") from None
     tensors = [n.meta.get("val") for n in exported.graph.nodes
                if n.op == "placeholder" and n.name in _user_input_names(exported)]
     if len(tensors) != 1 or not isinstance(tensors[0], torch.Tensor):
         raise ModelSpecError(f"{path} must take exactly one tensor input, it takes {len(tensors)}.")
-    native = tuple(int(d) for d in tensors[0].shape)
-    if input_shape is not None and tuple(input_shape) != native:
+    # a symbolic (dynamic) batch axis is profiled and described at batch 1
+    native = tuple(1 if isinstance(d, torch.SymInt) else int(d) for d in tensors[0].shape)
+    if input_shape is not None and tuple(input_shape)[1:] != native[1:]:
         raise InputShapeError(f"{path} was exported for inputs shaped {_fmt(native)}, not {_fmt(input_shape)}.")
     return LoadedModel(str(path), None, InputSpec(native), exported=exported,
                        details={"source": "pt2", "path": str(path)})
+
+
+def load_program(path: Path) -> "torch.export.ExportedProgram":
+    """torch.export.load without the warning-with-traceback torch logs before raising on bad files."""
+    import logging
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return torch.export.load(str(path))
+    finally:
+        logger.setLevel(level)
 
 
 def _user_input_names(exported) -> set:

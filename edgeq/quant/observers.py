@@ -14,7 +14,7 @@ from .recipe import LayerSpec
 
 SAMPLES_PER_BATCH = 4096   # values kept per channel from each observed batch
 MAX_SAMPLES = 65536        # values kept per channel in total
-MSE_GRID = torch.linspace(0.30, 1.0, 71)
+MSE_GRID = torch.linspace(0.02, 1.0, 99)  # includes 1.0, so MSE is never worse than min/max
 MSE_CHUNK_ELEMENTS = 1 << 22  # bound the [grid, channels, values] temporaries
 
 
@@ -133,16 +133,28 @@ def choose_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor | None
 
 def _mse_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor,
                spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shrink [lo, hi] by the factor in MSE_GRID that minimises the per-channel squared error."""
+    """Clipping range minimising the per-channel squared error on the sample.
+
+    Symmetric ranges shrink both ends together; asymmetric ones shrink the upper end first and
+    then the lower end (a one-sided outlier must not drag the other side in with it).
+    """
+    if spec.symmetric:
+        return _mse_search(lo, hi, sample, spec, scale_lo=True, scale_hi=True)
+    lo, hi = _mse_search(lo, hi, sample, spec, scale_lo=False, scale_hi=True)
+    return _mse_search(lo, hi, sample, spec, scale_lo=True, scale_hi=False)
+
+
+def _mse_search(lo, hi, sample, spec, scale_lo: bool, scale_hi: bool):
     errors = []
     chunk = max(1, MSE_CHUNK_ELEMENTS // max(1, sample.numel()))
     for alphas in MSE_GRID.split(chunk):
         a = alphas.view(-1, 1)                                   # [G, 1]
-        qp = compute_qparams((lo * a).reshape(-1), (hi * a).reshape(-1), spec, axis=0)
+        cand_lo = (lo * a if scale_lo else lo.expand(len(alphas), -1)).reshape(-1)
+        cand_hi = (hi * a if scale_hi else hi.expand(len(alphas), -1)).reshape(-1)
+        qp = compute_qparams(cand_lo, cand_hi, spec, axis=0)
         scale = qp.scale.view(len(alphas), -1, 1)                # [G, C, 1]
         zp = qp.zero_point.view(len(alphas), -1, 1).float()
         q = torch.clamp(torch.round(sample / scale) + zp, qp.qmin, qp.qmax)
         errors.append(((q - zp) * scale - sample).pow(2).mean(-1))   # [G, C]
-    best = torch.cat(errors).argmin(0)                           # [C]
-    alpha = MSE_GRID[best]
-    return lo * alpha, hi * alpha
+    alpha = MSE_GRID[torch.cat(errors).argmin(0)]
+    return (lo * alpha if scale_lo else lo), (hi * alpha if scale_hi else hi)

@@ -28,13 +28,8 @@ def capture(loaded: LoadedModel) -> torch.export.ExportedProgram:
     """
     if loaded.exported is not None:
         return loaded.exported
+    check_input_shape(loaded)
     shape = loaded.input_spec.shape
-    try:
-        with torch.no_grad():
-            loaded.module(torch.randn(shape))
-    except Exception as exc:  # noqa: BLE001 - any failure here means the shape is wrong
-        raise InputShapeError(f"{loaded.spec} does not accept inputs shaped {'x'.join(map(str, shape))}: "
-                              f"{type(exc).__name__}: {_first_line(exc)}.") from None
     # batch 2 as the example: a batch of 1 would be specialised to a constant by torch.export
     batched = (torch.randn((2, *shape[1:])),)
     try:
@@ -49,6 +44,19 @@ def capture(loaded: LoadedModel) -> torch.export.ExportedProgram:
     except Exception as exc:  # noqa: BLE001
         raise TraceError(f"torch.export could not capture {loaded.spec}: "
                          f"{type(exc).__name__}: {_first_line(exc)}.") from None
+
+
+def check_input_shape(loaded: LoadedModel) -> None:
+    """Run the eager model once on the input shape; a failure means the shape is wrong."""
+    if loaded.module is None:
+        return
+    shape = loaded.input_spec.shape
+    try:
+        with torch.no_grad():
+            loaded.module(torch.randn(shape))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the shape is wrong
+        raise InputShapeError(f"{loaded.spec} does not accept inputs shaped {'x'.join(map(str, shape))}: "
+                              f"{type(exc).__name__}: {_first_line(exc)}.") from None
 
 
 def has_dynamic_batch(exported: torch.export.ExportedProgram) -> bool:
