@@ -65,8 +65,8 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
             "quantizable_ops": quantizable_summary(block_map.op_counts), **block_map.to_dict()}
 
 
-QUANTIZABLE = {"conv2d.default": "int8 (weights per-channel, input per-tensor)",
-               "linear.default": "int8 (weights per-channel, input per-tensor)"}
+QUANTIZABLE = {"conv2d.default": "int8 weights + input",
+               "linear.default": "int8 weights + input"}
 FLOAT_FOR_NOW = {"scaled_dot_product_attention.default", "matmul.default", "bmm.default",
                  "softmax.int", "_softmax.default", "layer_norm.default", "group_norm.default",
                  "batch_norm.default", "gelu.default", "silu.default", "silu_.default",
@@ -80,7 +80,7 @@ def quantizable_summary(op_counts: dict) -> dict:
         if op in QUANTIZABLE:
             summary[op] = {"count": count, "quantized": True, "how": QUANTIZABLE[op]}
         elif op in FLOAT_FOR_NOW:
-            summary[op] = {"count": count, "quantized": False, "how": "float (compute op, not quantized yet)"}
+            summary[op] = {"count": count, "quantized": False, "how": "float"}
     return summary
 
 

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx
 
+from .graphutil import get_attr
+
 aten = torch.ops.aten
 LAYER_OPS = {aten.conv2d.default: "conv", aten.linear.default: "linear"}
 ATTENTION_OPS = (aten.scaled_dot_product_attention.default, aten.softmax.int, aten._softmax.default)
@@ -140,12 +142,7 @@ def _per_sample(t: torch.Tensor) -> int:
 
 
 def _tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
-    if node.op == "get_attr":
-        obj = gm
-        for part in node.target.split("."):
-            obj = getattr(obj, part)
-        return obj
-    return node.meta["val"]
+    return get_attr(gm, node.target) if node.op == "get_attr" else node.meta["val"]
 
 
 def _indexed_key(path: str) -> tuple[str, str]:

@@ -57,7 +57,7 @@ ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
         ZooEntry("mobilevit_xxs", "mobilevit_xxs", epochs=5),
-        ZooEntry("edgenext_xx_small", "edgenext_xx_small", epochs=4),
+        ZooEntry("edgenext_xx_small", "edgenext_xx_small", epochs=7),
         ZooEntry("levit_128s", "levit_128s", epochs=5, timm_kwargs={"img_size": 32}),
     )
 }

@@ -1,0 +1,67 @@
+"""End to end through the real CLI on a bundled zoo model, plus help for every command."""
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgeq.cli import main
+
+COMMANDS = ["quantize", "export", "inspect", "eval", "profile", "bench", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "--json" in result.output and len(result.output) > 200
+
+
+def edgeq(*args):
+    proc = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args), "--json"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_zoo_quantize_export_eval_profile(tmp_path):
+    bundle = tmp_path / "mvit.edgeq"
+    q = edgeq("quantize", "--model", "zoo:mobilevit_xxs", "--calib", "zoo", "--calib-size", "128",
+              "-o", bundle)
+    assert q["quantized_layers"] == 72 and q["blocks"]["bridge"] == 6
+    exported = {p: edgeq("export", bundle, "--to", "onnx", "--precision", p, "-o", tmp_path / f"{p}.onnx")
+                for p in ("int8", "fp32")}
+    assert exported["int8"]["bytes"] < 0.6 * exported["fp32"]["bytes"]
+    assert exported["int8"]["fidelity_vs_torch"]["top1_agreement"] >= 0.95
+    result = edgeq("eval", tmp_path / "int8.onnx", "--data", "zoo:test", "--limit", "2000")
+    assert result["samples"] == 2000
+    assert result["fp32_top1"] > 0.85
+    assert result["drop_pp"] <= 1.0, result
+    assert result["vs_fp32"]["cosine"] > 0.99
+    prof = edgeq("profile", tmp_path / "int8.onnx", "--runs", "30", "--warmup", "3")
+    assert prof["p50_ms"] > 0 and prof["batch"] == 1
+
+
+def test_inspect_zoo_json():
+    result = edgeq("inspect", "zoo:mobilevit_xxs")
+    assert result["input"]["shape"] == [1, 1, 32, 32]
+    assert result["kinds"]["attention"] == 9 and result["kinds"]["bridge"] == 6
+
+
+@pytest.mark.slow
+def test_demo_writes_report(tmp_path):
+    result = edgeq("demo", "-o", tmp_path / "demo")
+    assert (tmp_path / "demo" / "report.md").is_file()
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["int8"]["drop_pp"] <= 1.0 and rows["fp32"]["top1"] > 0.85
+
+
+@pytest.mark.slow
+def test_bench_one_zoo_model(tmp_path):
+    result = edgeq("bench", "--suite", "zoo", "--models", "mobilevit_xxs", "--eval-limit", "1000",
+                   "--runs", "20", "--out-dir", tmp_path)
+    variants = {r["variant"] for r in result["rows"]}
+    assert variants == {"fp32", "ort-minmax", "w8a8-fast"}
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert all(r["runtime"] == "ort" for r in report["rows"])
+    assert (tmp_path / "bench.md").read_text().startswith("# edgeq bench")
