@@ -23,7 +23,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8-fast", out: str
     from .quant.recipe import CalibSpec, load_recipe
     from .trace.capture import check_input_shape
 
-    out = check_output(out, force)
+    out = check_output(out, force, is_dir=True)
     rec = load_recipe(recipe)
     if calib_size is not None or batch_size is not None:
         if (calib_size is not None and calib_size <= 0) or (batch_size is not None and batch_size <= 0):

@@ -136,7 +136,7 @@ def float_graph(bundle: Bundle) -> torch.fx.GraphModule:
 def quantized_graph(bundle: Bundle) -> torch.fx.GraphModule:
     """Rebuild the fake-quant graph from the float program and the stored parameters."""
     gm = float_graph(bundle)
-    layers = {n: d for n, d in bundle.manifest["layers"].items() if d["precision"] == "int8"}
+    layers = {n: d for n, d in bundle.manifest["layers"].items() if d.get("quantized")}
     plan = {n: (LayerSpec(**d["weight_spec"]), LayerSpec(**d["act_spec"])) for n, d in layers.items()}
     records = insert_quantizers(gm, plan)
     stored = bundle.manifest["activation_quantizers"]

@@ -11,7 +11,7 @@ from .profile.ort_cpu import measure_interleaved
 
 
 def run_demo(model: str, out: str | Path, force: bool) -> dict:
-    out = check_output(out, force)
+    out = check_output(out, force, is_dir=True)
     with atomic_path(out, is_dir=True) as tmp:
         bundle = tmp / "model.edgeq"
         quant = api.quantize(model, "zoo", "w8a8-fast", bundle)

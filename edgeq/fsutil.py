@@ -11,9 +11,12 @@ from typing import Iterator
 from .errors import OutputError
 
 
-def check_output(path: str | os.PathLike, force: bool) -> Path:
-    """Validate an output path before any work starts."""
+def check_output(path: str | os.PathLike, force: bool, is_dir: bool = False) -> Path:
+    """Validate an output path before any work starts (never replace a file with a folder or back)."""
     path = Path(path)
+    if path.exists() and path.is_dir() != is_dir:
+        kind = "folder" if path.is_dir() else "file"
+        raise OutputError(f"{path} is an existing {kind}; choose another output path.")
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; pass --force to replace it.")
     parent = path.resolve().parent

@@ -161,3 +161,16 @@ def test_eval_and_profile_errors(workdir, tiny_onnx):
 def test_json_mode_reports_error(workdir):
     code, out = quantize(workdir, "--json", model="zoo:nope")
     assert code == 2 and '"error"' in out
+
+
+def test_output_kind_mismatch_never_replaces(workdir, tiny_bundle):
+    (workdir / "afile").write_text("user data")
+    code, out = run(
+        "quantize", "--model", "tests/tiny_models.py:tiny_hybrid", "--calib", workdir / "calib.npy",
+        "-o", workdir / "afile", "--force")
+    assert_clean_error(code, out, "existing file")
+    assert (workdir / "afile").read_text() == "user data"
+    (workdir / "adir").mkdir()
+    (workdir / "adir" / "keep.txt").write_text("x")
+    assert_clean_error(*run("export", tiny_bundle, "-o", workdir / "adir", "--force"), "existing folder")
+    assert (workdir / "adir" / "keep.txt").exists()

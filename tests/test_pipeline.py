@@ -20,7 +20,7 @@ def test_bundle_is_self_describing(tiny_bundle):
         assert key in m
     assert m["recipe"]["name"] == "w8a8-fast" and m["input"]["shape"] == [1, 3, 32, 32]
     assert m["calibration"]["samples"] == 48
-    assert all(d["precision"] == "int8" for d in m["layers"].values())
+    assert all(d["quantized"] and d["precision"] == "w8a8" for d in m["layers"].values())
     assert len(m["layers"]) == 17  # stem, 3 conv blocks x 3, 6 in the hybrid stage, head
     assert m["fidelity_fakequant_vs_float"]["cosine"] > 0.99
 
@@ -127,3 +127,15 @@ def test_recipe_override_keeps_layers_float(tiny_spec, calib_npy, tmp_path):
     assert all(d["act_spec"]["observer"] == "percentile" for d in dw)
     record = api.export(out, "onnx", tmp_path / "o.onnx")
     assert record["op_counts"]["DequantizeLinear"] < 2 * 17 + 20
+
+
+def test_sub_8bit_bundle_is_not_exported_to_onnx(tiny_spec, calib_npy, tmp_path):
+    from edgeq.errors import ArtifactError
+    recipe = tmp_path / "w6.yaml"
+    recipe.write_text("edgeq_recipe: 1\nname: w6a8\nweights: {bits: 6}\n")
+    api.quantize(tiny_spec, str(calib_npy), str(recipe), tmp_path / "w6.edgeq")
+    manifest = json.loads((tmp_path / "w6.edgeq" / "manifest.json").read_text())
+    assert {d["precision"] for d in manifest["layers"].values()} == {"w6a8"}
+    with pytest.raises(ArtifactError, match="8-bit"):
+        api.export(tmp_path / "w6.edgeq", "onnx", tmp_path / "w6.onnx")
+    assert not (tmp_path / "w6.onnx").exists()

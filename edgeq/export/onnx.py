@@ -43,6 +43,8 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
     out = check_output(out, force)
     check_output(sidecar_path(out), force=True)
     bundle = read_bundle(bundle_path)
+    if precision == "int8":
+        _require_8bit(bundle)
     gm = quantized_graph(bundle) if precision == "int8" else float_graph(bundle)
     with atomic_path(out) as tmp:
         with ui.status(f"exporting {precision} ONNX"):
@@ -64,6 +66,13 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         with atomic_path(sidecar_path(out)) as side:
             side.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _require_8bit(bundle: Bundle) -> None:
+    for name, layer in bundle.manifest["layers"].items():
+        if layer.get("quantized") and layer["precision"] != "w8a8":
+            raise ArtifactError(f"layer {name} ({layer['module']}) is {layer['precision']}; ONNX QDQ export "
+                                f"supports 8-bit weights and activations only.")
 
 
 def _batch(bundle: Bundle) -> int:

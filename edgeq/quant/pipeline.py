@@ -65,12 +65,13 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
     for name, layer in block_map.layers.items():
         if name in records:
             rec = records[name]
-            layers[name] = {"precision": "int8" if rec.weight_spec.bits == 8 else f"w{rec.weight_spec.bits}",
+            layers[name] = {"quantized": True,
+                            "precision": f"w{rec.weight_spec.bits}a{rec.act_spec.bits}",
                             "reason": f"recipe {recipe.name}", "block": layer.block, "module": layer.module,
                             "op": layer.op, "act_quantizer": rec.act_module,
                             "weight_spec": asdict(rec.weight_spec), "act_spec": asdict(rec.act_spec)}
         else:
-            layers[name] = {"precision": "fp32", "reason": kept_float[name], "block": layer.block,
+            layers[name] = {"quantized": False, "precision": "fp32", "reason": kept_float[name], "block": layer.block,
                             "module": layer.module, "op": layer.op}
     act_summary = {name: {**m.observer.summary(), "scale": float(m.qparams.scale.max()),
                           "zero_point": int(m.qparams.zero_point.max())}
