@@ -128,10 +128,12 @@ def quantize_biases(model: onnx.ModelProto) -> int:
         scale = (x_scale.reshape(()) * w_scale.reshape(-1)).astype(np.float32)
         scale = np.broadcast_to(scale, bias.shape).copy() if scale.size == 1 else scale
         q = np.clip(np.round(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-        q_name = g.add_init(node.input[2] + "_int32", q)
-        s_name = g.add_init(node.input[2] + "_scale", scale)
-        z_name = g.add_init(node.input[2] + "_zero_point", np.zeros_like(q))
-        out = node.input[2] + "_dequantized"
+        # one int32 copy per consumer: a shared float bias gets a different scale in each node
+        base = f"{node.input[2]}_{node.name}"
+        q_name = g.add_init(base + "_int32", q)
+        s_name = g.add_init(base + "_scale", scale)
+        z_name = g.add_init(base + "_zero_point", np.zeros_like(q))
+        out = base + "_dequantized"
         dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
                               name=node.name + "_bias_dq", axis=0)
         g.graph.node.insert(list(g.graph.node).index(node), dq)
