@@ -100,8 +100,11 @@ def plan_layers(block_map: BlockMap, recipe: Recipe) -> tuple[dict, dict]:
 
 
 def insert_quantizers(gm: fx.GraphModule, plan: dict, seed: int = 0) -> dict[str, LayerQuant]:
-    """Insert observing ActQuant/WeightQuant call_module nodes; returns the per-layer records."""
-    shared: dict[tuple, str] = {}
+    """Insert an observing ActQuant before each planned layer's input; returns the per-layer records.
+
+    Weight quantizers come later (``finalize_weights``/``apply_weights``), once integers exist.
+    """
+    shared: dict[tuple, fx.Node] = {}
     records: dict[str, LayerQuant] = {}
     for node in list(gm.graph.nodes):
         if node.name not in plan:
