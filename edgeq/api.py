@@ -53,9 +53,10 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
     """Block map, parameters, MACs and quantizable ops of a model."""
     from .models.intake import load_model, parse_input_shape
     from .trace.blocks import build_block_map
-    from .trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
+    from .trace.capture import capture, check_input_shape, fold_batchnorm, has_dynamic_batch, to_graph_module
 
     loaded = load_model(model, weights, num_classes, in_chans, parse_input_shape(input_shape), trust_pickle)
+    check_input_shape(loaded)
     exported = capture(loaded)
     gm = to_graph_module(exported)
     folded = fold_batchnorm(gm)

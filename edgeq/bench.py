@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import ui
 from .envinfo import machine, package_versions
+from .errors import EdgeqError
 from .fsutil import write_text_atomic
 
 ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
@@ -26,7 +27,6 @@ SPEED_CALIB = 32
 
 def run_bench(suite: str, models: list[str] | None, recipes: list[str], runs: int,
               eval_limit: int | None, out_dir: str | Path) -> dict:
-    from .errors import EdgeqError
     from .quant.recipe import load_recipe
     for r in recipes:
         load_recipe(r)  # fail fast on a bad recipe name
@@ -53,17 +53,11 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str], runs: in
 def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:
     suites = {"zoo": ZOO_SUITE, "speed": SPEED_SUITE}
     chosen = ("zoo", "speed") if suite == "all" else (suite,)
-    from .errors import EdgeqError
-    plan = []
-    for s in chosen:
-        names = suites[s]
-        if models:
-            unknown = [m for m in models if m not in names and not any(m in suites[o] for o in chosen)]
-            if unknown:
-                raise EdgeqError(f"{unknown[0]!r} is not in the {suite} suite ({', '.join(names)}).")
-            names = [m for m in names if m in models]
-        plan += [(s, n) for n in names]
-    return plan
+    known = {n for s in chosen for n in suites[s]}
+    unknown = [m for m in models or [] if m not in known]
+    if unknown:
+        raise EdgeqError(f"{unknown[0]!r} is not in the {suite} suite ({', '.join(sorted(known))}).")
+    return [(s, n) for s in chosen for n in suites[s] if not models or n in models]
 
 
 def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit: int | None,
@@ -71,9 +65,10 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     from . import api
     from .baselines import ort_minmax
     from .data import load_data
-    from .evaluate import input_spec_of
+    from .export.onnx import read_artifact
+    from .metrics import top1
+    from .models.intake import InputSpec
     from .profile import ort_cpu
-    from .profile.ort_cpu import measure_interleaved
 
     work.mkdir(parents=True)
     spec = f"zoo:{name}" if suite == "zoo" else f"timm:{name}"
@@ -87,8 +82,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
         if i == 0:
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
             artifacts["fp32"] = {"path": work / "fp32.onnx", "ptq_seconds": None}
-    fp32_sess = ort_cpu.session(artifacts["fp32"]["path"])
-    spec_in = input_spec_of(json.loads(Path(str(artifacts["fp32"]["path"]) + ".json").read_text()), fp32_sess)
+    spec_in = InputSpec.from_dict(read_artifact(artifacts["fp32"]["path"])["input"])
     calib = load_data("zoo", spec_in, limit=calib_size or 256)
     seconds = ort_minmax(artifacts["fp32"]["path"], work / "ort-minmax.onnx", calib.x)
     artifacts["ort-minmax"] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
@@ -98,9 +92,8 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     if suite == "zoo":
         test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
         for v in order:
-            outputs = ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x)
-            accuracy[v] = float((outputs.argmax(1) == test.labels).mean())
-    latency = measure_interleaved({v: artifacts[v]["path"] for v in order}, runs=runs, warmup=10)
+            accuracy[v] = top1(ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x), test.labels)
+    latency = ort_cpu.measure_interleaved({v: artifacts[v]["path"] for v in order}, runs=runs, warmup=10)
     rows = []
     for v in order:
         top1 = accuracy.get(v)

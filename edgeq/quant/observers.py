@@ -88,7 +88,8 @@ class Observer:
         self.batches += 1
         if self.spec.observer != "minmax" and self.kept < MAX_SAMPLES:
             take = min(SAMPLES_PER_BATCH, rows.shape[1], MAX_SAMPLES - self.kept)
-            idx = torch.randperm(rows.shape[1], generator=self.generator)[:take]
+            # O(take) draw (with replacement): a full randperm per batch and layer dominated calibration
+            idx = torch.randint(rows.shape[1], (take,), generator=self.generator)
             self.samples.append(rows[:, idx].clone())
             self.kept += take
 

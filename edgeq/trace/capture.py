@@ -24,11 +24,11 @@ SHAPE_ONLY = (aten.reshape_as.default, aten.view_as.default, aten.expand_as.defa
 def capture(loaded: LoadedModel) -> torch.export.ExportedProgram:
     """torch.export the model with a dynamic batch axis (static if the model forbids it).
 
-    A .pt2 program is used as it is.
+    A .pt2 program is used as it is. Callers run ``check_input_shape`` first, so that a wrong shape
+    gets a clear sentence instead of an export trace.
     """
     if loaded.exported is not None:
         return loaded.exported
-    check_input_shape(loaded)
     shape = loaded.input_spec.shape
     # batch 2 as the example: a batch of 1 would be specialised to a constant by torch.export
     batched = (torch.randn((2, *shape[1:])),)
