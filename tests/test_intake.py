@@ -60,9 +60,9 @@ def test_pt2_roundtrip(tmp_path, tiny_spec):
 
 def test_zoo_models_load():
     from edgeq.models.zoo import ZOO
+    assert len(ZOO) == 3
     for name, entry in ZOO.items():
-        if not entry.checkpoint.exists():
-            continue
+        assert entry.checkpoint.is_file(), f"zoo checkpoint for {name} is missing"
         loaded = load_model(f"zoo:{name}")
         assert loaded.input_spec.shape == entry.input_shape
         assert loaded.details["training"]["test_top1_torch"] >= 0.88
