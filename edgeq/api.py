@@ -10,31 +10,126 @@ EXPORT_TARGETS = ("onnx",)
 LATER_TARGETS = {"tensorrt": "TensorRT", "coreml": "CoreML"}
 
 
-def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8-fast", out: str | Path = "model.edgeq",
+def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Path = "model.edgeq",
              *, weights: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
              input_shape: str | tuple | None = None, trust_pickle: bool = False, seed: int = 0,
-             calib_size: int | None = None, batch_size: int | None = None, force: bool = False) -> dict:
-    """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``."""
-    import dataclasses
+             calib_size: int | None = None, batch_size: int | None = None, iters: int | None = None,
+             weight_lr: float | None = None, act_lr: float | None = None, drop_prob: float | None = None,
+             device: str = "cpu", resume: bool = False, force: bool = False) -> dict:
+    """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``.
 
+    Recipes with block reconstruction take ``iters``, ``batch_size``, ``weight_lr``, ``act_lr`` and
+    ``drop_prob`` overrides, run on ``device`` and save their state after every block, so that a killed
+    run continues with ``resume=True`` and ends with the same result.
+    """
     from .data import load_data
     from .models.intake import load_model, parse_input_shape
     from .quant.pipeline import quantize_model
-    from .quant.recipe import CalibSpec, load_recipe
     from .trace.capture import check_input_shape
 
     out = check_output(out, force, is_dir=True)
-    rec = load_recipe(recipe)
-    if calib_size is not None or batch_size is not None:
-        if (calib_size is not None and calib_size <= 0) or (batch_size is not None and batch_size <= 0):
-            raise CalibrationError("--calib-size and --batch-size must be positive.")
-        rec = dataclasses.replace(rec, calibration=CalibSpec(
-            calib_size or rec.calibration.samples, batch_size or rec.calibration.batch_size))
+    rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob)
+    device = check_device(device)
+    state_dir = _check_resume(out, rec, resume, force)
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     loaded = load_model(model, weights, num_classes, in_chans, shape, trust_pickle)
     check_input_shape(loaded)
     data = load_data(calib, loaded.input_spec, limit=rec.calibration.samples)
-    return quantize_model(loaded, data, rec, out, seed)
+    state = None
+    if rec.reconstruction is not None:
+        if len(data) < rec.reconstruction.batch_size:
+            raise CalibrationError(f"the calibration set has {len(data)} samples, fewer than one reconstruction "
+                                   f"batch ({rec.reconstruction.batch_size}); give more data or a smaller "
+                                   f"--batch-size.")
+        state = _resume_state(state_dir, loaded, rec, data, seed, resume)
+    result = quantize_model(loaded, data, rec, out, seed, device, state)
+    if state is not None:
+        state.remove()
+    return result
+
+
+def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob):
+    import dataclasses
+
+    from .envinfo import int8_dot_saturates
+    from .errors import RecipeError
+    from .quant.recipe import CalibSpec, load_recipe, resolve_reduce_range
+
+    rec = resolve_reduce_range(load_recipe(recipe), int8_dot_saturates())
+    if (calib_size is not None and calib_size <= 0) or (batch_size is not None and batch_size <= 0):
+        raise CalibrationError("--calib-size and --batch-size must be positive.")
+    if calib_size is not None or batch_size is not None:
+        rec = dataclasses.replace(rec, calibration=CalibSpec(
+            calib_size or rec.calibration.samples, batch_size or rec.calibration.batch_size))
+    knobs = {"iterations": iters, "weight_lr": weight_lr, "act_lr": act_lr, "drop_prob": drop_prob}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if knobs and rec.reconstruction is None:
+        raise RecipeError(f"recipe {rec.name} does not use block reconstruction, so --iters, --weight-lr, "
+                          f"--act-lr and --drop-prob do not apply; use w8a8, w6a6 or w4a8.")
+    if rec.reconstruction is not None:
+        if batch_size is not None:
+            knobs["batch_size"] = batch_size
+        recon = dataclasses.replace(rec.reconstruction, **knobs).validate("command line")
+        rec = dataclasses.replace(rec, reconstruction=recon)
+    return rec
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    from .errors import DeviceError
+
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device} was requested but this machine has no usable CUDA device; "
+                              f"use --device cpu.")
+        return device
+    raise DeviceError(f"--device must be cpu or cuda[:N], got {device!r}.")
+
+
+def _check_resume(out: Path, rec, resume: bool, force: bool) -> Path:
+    import shutil
+
+    from .errors import OutputError
+    from .reconstruct.state import resume_dir
+
+    state_dir = resume_dir(out)
+    if rec.reconstruction is None:
+        if resume:
+            raise OutputError(f"--resume applies to recipes with block reconstruction; {rec.name} has none.")
+        return state_dir
+    if state_dir.exists() and not resume:
+        if not force:
+            raise OutputError(f"an interrupted run left its state in {state_dir}; pass --resume to continue it "
+                              f"or --force to start over.")
+        shutil.rmtree(state_dir)
+    if not state_dir.exists():  # fail now, not after the first block has been learned
+        try:
+            state_dir.mkdir()
+            state_dir.rmdir()
+        except OSError as exc:
+            raise OutputError(f"cannot write {state_dir}: {exc.strerror or exc}.") from None
+    return state_dir
+
+
+def _resume_state(state_dir: Path, loaded, rec, data, seed: int, resume: bool):
+    from . import ui
+    from .reconstruct.state import ResumeState, run_key
+
+    import hashlib
+
+    key = run_key({"model": loaded.describe(), "recipe": rec.to_dict(), "seed": seed, "data": data.summary(),
+                   "data_sha256": hashlib.sha256(data.x.tobytes()).hexdigest(),
+                   "input": loaded.input_spec.to_dict()})
+    state = ResumeState(state_dir, key)
+    if resume:
+        if state.load():
+            ui.log(f"resuming: {state.regions_done} blocks already learned ({state_dir})")
+        else:
+            ui.log(f"--resume: no saved state in {state_dir}; starting from the first block")
+    return state
 
 
 def export(bundle: str | Path, to: str = "onnx", out: str | Path = "model.onnx", *,

@@ -59,25 +59,43 @@ def main():
 @model_options
 @click.option("--calib", default="zoo", show_default=True,
               help="Image folder, file.npy, file.npz[:key], or 'zoo' (bundled Fashion-MNIST subset).")
-@click.option("--calib-size", type=int, help="Calibration samples to use (default: the recipe's).")
-@click.option("--batch-size", type=int, help="Calibration batch size (default: the recipe's).")
-@click.option("--recipe", default="w8a8-fast", show_default=True, help="Built-in recipe name or a .yaml/.json file.")
+@click.option("--calib-size", type=int, help="Calibration samples to use (default: the recipe's, 256).")
+@click.option("--batch-size", type=int, help="Calibration and reconstruction batch size (default: the recipe's).")
+@click.option("--recipe", default="w8a8", show_default=True,
+              help="w8a8, w6a6, w4a8 (block reconstruction), w8a8-fast, w8a8-minmax (observers only), "
+                   "or a .yaml/.json file.")
+@click.option("--iters", type=int, help="Reconstruction iterations per block (default: the recipe's).")
+@click.option("--weight-lr", type=float, help="AdaRound learning rate (default: the recipe's).")
+@click.option("--act-lr", type=float, help="Activation step-size learning rate (default: the recipe's).")
+@click.option("--drop-prob", type=float, help="QDrop probability (default: the recipe's, 0.5).")
+@click.option("--device", default="cpu", show_default=True, help="Where reconstruction runs: cpu or cuda[:N].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted reconstruction from its saved state.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--force", is_flag=True, help="Replace an existing output (and discard a saved interrupted run).")
 @command
 def quantize(model, weights, num_classes, in_chans, input_shape, trust_pickle, calib, calib_size,
-             batch_size, recipe, out, seed, force, as_json):
+             batch_size, recipe, iters, weight_lr, act_lr, drop_prob, device, resume, out, seed, force, as_json):
     """Quantize a model into a self-describing .edgeq bundle."""
     from . import api
     result = api.quantize(model, calib, recipe, out, weights=weights, num_classes=num_classes,
                           in_chans=in_chans, input_shape=input_shape, trust_pickle=trust_pickle,
-                          seed=seed, calib_size=calib_size, batch_size=batch_size, force=force)
-    _emit(result, as_json, lambda r: click.echo(
-        f"wrote {r['bundle']}: {r['quantized_layers']} int8 layers, {r['float_layers']} float, "
-        f"{r['batchnorm_folded']} BatchNorms folded, {r['ptq_seconds']} s\n"
-        f"fake-quant vs float on calibration samples: cosine {r['fidelity_fakequant_vs_float']['cosine']}, "
-        f"top-1 agreement {r['fidelity_fakequant_vs_float']['top1_agreement']}"))
+                          seed=seed, calib_size=calib_size, batch_size=batch_size, iters=iters,
+                          weight_lr=weight_lr, act_lr=act_lr, drop_prob=drop_prob, device=device,
+                          resume=resume, force=force)
+    _emit(result, as_json, _print_quantize)
+
+
+def _print_quantize(r: dict) -> None:
+    recon = r.get("reconstruction")
+    learned = (f", {recon['regions']} blocks reconstructed on {recon['device']} in {recon['seconds']} s"
+               + (f" ({len(recon['fallbacks'])} fell back to observers)" if recon["fallbacks"] else "")
+               if recon else "")
+    click.echo(f"wrote {r['bundle']} ({r['recipe']}): {r['quantized_layers']} quantized layers, "
+               f"{r['float_layers']} float, {r['batchnorm_folded']} BatchNorms folded{learned}; "
+               f"{r['ptq_seconds']} s in total")
+    click.echo(f"fake-quant vs float on calibration samples: cosine {r['fidelity_fakequant_vs_float']['cosine']}, "
+               f"top-1 agreement {r['fidelity_fakequant_vs_float']['top1_agreement']}")
 
 
 @main.command()

@@ -18,7 +18,29 @@ def package_versions(names=("edgeq", "torch", "timm", "onnx", "onnxruntime", "on
 
 def machine() -> dict:
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "processor": _cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
+            "processor": _cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "int8_dot_saturates": int8_dot_saturates()}
+
+
+def int8_dot_saturates() -> bool:
+    """True on x86 CPUs without VNNI: their u8×s8 int8 kernels (vpmaddubsw) add pairs of products in
+    saturating int16, so full-range int8 weights can overflow (ONNX Runtime's documented reason for
+    ``reduce_range``). 7-bit weights never do."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    flags = _cpu_flags()
+    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags) if flags else True
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_model() -> str:

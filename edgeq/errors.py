@@ -41,3 +41,7 @@ class OutputError(EdgeqError):
 
 class TraceError(EdgeqError):
     """torch.export could not capture the model."""
+
+
+class DeviceError(EdgeqError):
+    """The requested compute device does not exist on this machine."""

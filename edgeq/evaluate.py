@@ -1,4 +1,5 @@
-"""Evaluate an exported artifact in ONNX Runtime: top-1 with labels, fidelity to FP32 always when known."""
+"""Evaluate an exported artifact in ONNX Runtime, or a bundle's fake-quant torch model: top-1 with labels,
+fidelity to FP32 always when known."""
 from __future__ import annotations
 
 import time
@@ -25,6 +26,8 @@ def input_spec_of(record: dict, sess) -> InputSpec:
 
 def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
                       reference: str | None = None, threads: int | None = None) -> dict:
+    if Path(artifact).is_dir():
+        return evaluate_bundle(artifact, data, limit)
     record = read_artifact(artifact)
     sess = ort_cpu.session(artifact, threads)
     spec = input_spec_of(record, sess)
@@ -32,11 +35,32 @@ def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
     start = time.perf_counter()
     outputs = ort_cpu.run(sess, dataset.x)
     seconds = time.perf_counter() - start
-    result = {"artifact": str(artifact), "precision": record.get("precision"), "data": dataset.source,
-              "samples": len(dataset), "seconds": round(seconds, 2)}
+    result = {"artifact": str(artifact), "precision": record.get("precision"), "runtime": "onnxruntime",
+              "data": dataset.source, "samples": len(dataset), "seconds": round(seconds, 2)}
+    ref = _reference_outputs(record, dataset.x, reference, threads)
+    return _scores(result, artifact, outputs, dataset, ref)
+
+
+def evaluate_bundle(path: str | Path, data: str, limit: int | None = None) -> dict:
+    """The bundle's fake-quant model in torch (the reference that ONNX exports are checked against)."""
+    from .bundle import quantized_graph
+    bundle = read_bundle(path)
+    dataset = load_data(data, InputSpec.from_dict(bundle.manifest["input"]), limit=limit,
+                        default_split="test", what="evaluation")
+    batch = 64 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
+    start = time.perf_counter()
+    outputs = run_graph(quantized_graph(bundle), dataset.x, batch)
+    seconds = time.perf_counter() - start
+    result = {"artifact": str(path), "precision": bundle.manifest["recipe"]["name"],
+              "runtime": "torch fake-quant", "data": dataset.source, "samples": len(dataset),
+              "seconds": round(seconds, 2)}
+    ref = run_graph(float_graph(bundle), dataset.x, batch), f"torch float model of {path}"
+    return _scores(result, path, outputs, dataset, ref)
+
+
+def _scores(result: dict, artifact, outputs: np.ndarray, dataset, ref: tuple | None) -> dict:
     if dataset.labels is not None:
         result["top1"] = round(top1(outputs, dataset.labels), 4)
-    ref = _reference_outputs(record, dataset.x, reference, threads)
     if ref is not None:
         result["vs_fp32"] = {k: v for k, v in compare(ref[0], outputs).items() if k != "samples"}
         result["vs_fp32"]["reference"] = ref[1]

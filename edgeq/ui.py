@@ -34,3 +34,24 @@ def status(message: str):
     from rich.console import Console
     with Console(stderr=True).status(message):
         yield
+
+
+@contextlib.contextmanager
+def progress(total: int, description: str):
+    """A bar with a free text field (e.g. the current loss); yields update(advance, text). No-op when off."""
+    if not progress_enabled():
+        yield lambda advance=1, text=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[text]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total, text="")
+        yield lambda advance=1, text=None: bar.update(task, advance=advance, **({"text": text} if text else {}))
+
+
+def log(message: str) -> None:
+    """One line on stderr for long stages (kept in logs when not on a terminal); silent in --json mode."""
+    if _ENABLED:
+        print(message, file=sys.stderr, flush=True)

@@ -106,3 +106,46 @@ def tiny_hybrid():
 
 def not_a_module():
     return 42
+
+
+class Overflowing(nn.Module):
+    """A conv whose output overflows float32 to ±inf on ordinary inputs (×1e38)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return self.conv(x) * 1e38
+
+
+class Clamping(nn.Module):
+    """Clamps its input twice, so the model output stays finite although the block before is not."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.clamp(x, -1, 1)) + torch.clamp(x * 0.5, -1, 1)
+
+
+class FragileNet(nn.Module):
+    """One block whose reconstruction loss is NaN (inf − inf): it must fall back, the rest must learn."""
+
+    edgeq_input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(Overflowing(8), Clamping(8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.blocks(torch.relu(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def fragile_net():
+    torch.manual_seed(0)
+    return FragileNet().eval()

@@ -1,5 +1,8 @@
 """ONNX export of a quantized bundle: QDQ int8 (opset ≥ 17), fp16 or fp32, with a fidelity check.
 
+Sub-8-bit layers (w6a6, w4a8) export exactly: their integer weights already lie on the narrow grid,
+and their activations pass a Clip to the narrow range before an 8-bit QuantizeLinear.
+
 Next to ``model.onnx`` a sidecar ``model.onnx.json`` records the Artifact: format, precision,
 sha256, input spec, the bundle it came from, op counts and fidelity against the torch model.
 """
@@ -43,8 +46,6 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
     out = check_output(out, force)
     check_output(sidecar_path(out), force=True)
     bundle = read_bundle(bundle_path)
-    if precision == "int8":
-        _require_8bit(bundle)
     gm = quantized_graph(bundle) if precision == "int8" else float_graph(bundle)
     with atomic_path(out) as tmp:
         with ui.status(f"exporting {precision} ONNX"):
@@ -58,6 +59,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
             "input": bundle.manifest["input"], "dynamic_batch": bundle.manifest["dynamic_batch"],
             "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
             "recipe": bundle.manifest["recipe"]["name"] if precision == "int8" else None,
+            "layer_precisions": bit_widths(bundle) if precision == "int8" else None,
             "op_counts": count_ops(model), "passes": passes,
             "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model" if precision == "int8"
                                   else "torch float model"},
@@ -68,11 +70,12 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
     return record
 
 
-def _require_8bit(bundle: Bundle) -> None:
-    for name, layer in bundle.manifest["layers"].items():
-        if layer.get("quantized") and layer["precision"] != "w8a8":
-            raise ArtifactError(f"layer {name} ({layer['module']}) is {layer['precision']}; ONNX QDQ export "
-                                f"supports 8-bit weights and activations only.")
+def bit_widths(bundle: Bundle) -> dict[str, int]:
+    """Layer precisions in the bundle (sub-8-bit layers run on 8-bit kernels with narrowed ranges)."""
+    counts: dict[str, int] = {}
+    for layer in bundle.manifest["layers"].values():
+        counts[layer["precision"]] = counts.get(layer["precision"], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _batch(bundle: Bundle) -> int:

@@ -7,6 +7,7 @@ An activation tensor read by several layers with the same spec gets one shared q
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -18,24 +19,56 @@ from .observers import Observer, QParams, observe_weight
 from .recipe import LayerSpec, Recipe
 
 
+def spec_label(spec: LayerSpec) -> str:
+    return f"{spec.granularity}/{'sym' if spec.symmetric else 'asym'}"
+
+
+def _wide_range(qp: QParams) -> tuple[int, int]:
+    """The 8-bit range of the same signedness: what ONNX QuantizeLinear can hold."""
+    return (-128, 127) if qp.qmin < 0 else (0, 255)
+
+
 class _FakeQuant(torch.nn.Module):
-    """Holds QParams in an export-friendly form: Python numbers per-tensor, buffers per-channel."""
+    """Holds QParams in an export-friendly form: Python numbers per-tensor, buffers per-channel.
+
+    Sub-8-bit ranges are expressed as a float clamp to the narrow range followed by an 8-bit
+    fake-quant (numerically the same, and exportable: torch's ONNX exporter only takes 8-bit ranges).
+    The learned state of block reconstruction plugs in through ``learner`` while it runs.
+    """
+
+    learner = None
+    clamp_narrow = True
 
     def set_qparams(self, qp: QParams) -> None:
         self.qparams = qp
-        self.qmin, self.qmax, self.axis = qp.qmin, qp.qmax, qp.axis
+        self.axis = qp.axis
+        self.qmin, self.qmax = _wide_range(qp)
+        self.narrow = (qp.qmin, qp.qmax) != (self.qmin, self.qmax) and self.clamp_narrow
         if qp.axis is None:
             self.scale_value, self.zero_point_value = float(qp.scale[0]), int(qp.zero_point[0])
+            self.lo_value = (qp.qmin - self.zero_point_value) * self.scale_value
+            self.hi_value = (qp.qmax - self.zero_point_value) * self.scale_value
         else:
             self.register_buffer("scale", qp.scale.clone())
             self.register_buffer("zero_point", qp.zero_point.clone())
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.narrow:
+            x = self._clamp_narrow(x)
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(
                 x, self.scale_value, self.zero_point_value, self.qmin, self.qmax)
         return torch.fake_quantize_per_channel_affine(
             x, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
+
+    def _clamp_narrow(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return torch.clamp(x, self.lo_value, self.hi_value)
+        shape = [1] * x.dim()
+        shape[self.axis] = -1
+        zp = self.zero_point.view(shape).float()
+        scale = self.scale.view(shape)
+        return torch.minimum(torch.maximum(x, (self.qparams.qmin - zp) * scale), (self.qparams.qmax - zp) * scale)
 
 
 class ActQuant(_FakeQuant):
@@ -45,17 +78,31 @@ class ActQuant(_FakeQuant):
         super().__init__()
         self.spec = spec
         self.observer = Observer(spec, channel_axis, seed=seed)
+        self.channel_axis = channel_axis
         self.qparams: QParams | None = None
         self.observing = True
+        self.candidates: dict[str, Observer] = {}  # spec label -> Observer, when reconstruction chooses
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.learner is not None:
+            return self.learner(x)
         if self.observing:
             self.observer.observe(x)
+            for extra in self.candidates.values():
+                extra.observe(x)
             return x
         return self.quantize(x)
 
+    def add_candidates(self, specs: dict[str, LayerSpec], channel_axis: int, seed: int) -> None:
+        self.candidates = {label: Observer(spec, channel_axis, seed=seed) for label, spec in specs.items()}
+
     def freeze(self) -> QParams:
         self.load(self.observer.qparams())
+        if self.candidates:
+            self.candidate_qparams = {spec_label(self.spec): self.qparams,
+                                      **{label: obs.qparams() for label, obs in self.candidates.items()}}
+            self.candidates = {}
+        self.observer.samples = []  # the range is chosen; keep only min/max for the summary
         return self.qparams
 
     def load(self, qparams: QParams) -> None:
@@ -64,13 +111,17 @@ class ActQuant(_FakeQuant):
 
 
 class WeightQuant(_FakeQuant):
-    """Fake-quantizes a weight whose float value already lies on the integer grid."""
+    """Fake-quantizes a weight whose float value already lies on the integer grid (no clamp needed)."""
+
+    clamp_narrow = False
 
     def __init__(self, qparams: QParams):
         super().__init__()
         self.set_qparams(qparams)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.learner is not None:
+            return self.learner(w)
         return self.quantize(w)
 
 
@@ -85,13 +136,17 @@ class LayerQuant:
     weight_target: str                 # get_attr target of the weight parameter
     weight_int: torch.Tensor | None = None
     weight_qparams: QParams | None = None
+    consumer_op: str = "linear"        # conv | dwconv (grouped) | linear: picks activation candidates
+    float_weight: torch.Tensor | None = None  # kept while the pipeline runs (reconstruction starts from it)
+    float_bias: torch.Tensor | None = None
 
 
 def plan_layers(block_map: BlockMap, recipe: Recipe) -> tuple[dict, dict]:
     """(layer -> (weight spec, act spec)) for quantized layers, (layer -> reason) for float ones."""
     quantized, kept_float = {}, {}
+    kinds = {b.name: b.kind for b in block_map.blocks}
     for name, layer in block_map.layers.items():
-        specs = recipe.resolve(name, layer.module, layer.op)
+        specs = recipe.resolve(name, layer.module, layer.op, kinds.get(layer.block, ""))
         if specs is None:
             kept_float[name] = "recipe override keeps it in float"
         else:
@@ -119,16 +174,25 @@ def insert_quantizers(gm: fx.GraphModule, plan: dict, seed: int = 0) -> dict[str
             with gm.graph.inserting_after(x):
                 shared[key] = gm.graph.call_module(module_name, (x,))
         node.replace_input_with(x, shared[key])
-        records[node.name] = LayerQuant(node.name, wspec, aspec, shared[key].target, w.target)
+        records[node.name] = LayerQuant(node.name, wspec, aspec, shared[key].target, w.target,
+                                        consumer_op=_consumer_op(gm, node))
     gm.graph.lint()
     gm.recompile()
     return records
+
+
+def _consumer_op(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.target != torch.ops.aten.conv2d.default:
+        return "linear"
+    groups = node.args[6] if len(node.args) > 6 else 1
+    return "dwconv" if groups > 1 else "conv"
 
 
 def finalize_weights(gm: fx.GraphModule, records: dict[str, LayerQuant]) -> None:
     """Quantize each weight to integers, put q*scale back into the parameter, insert WeightQuant."""
     for rec in records.values():
         weight = get_attr(gm, rec.weight_target).detach()
+        rec.float_weight = weight.clone()
         qp = observe_weight(weight, rec.weight_spec) if rec.weight_spec.granularity == "per_channel" \
             else _per_tensor_weight(weight, rec.weight_spec)
         rec.weight_qparams = qp
@@ -173,6 +237,50 @@ def apply_weights(gm: fx.GraphModule, records: dict[str, LayerQuant]) -> None:
         layer_node.replace_input_with(w, wq)
     gm.graph.lint()
     gm.recompile()
+    round_biases(gm, records)
+
+
+def round_biases(gm: fx.GraphModule, records: dict[str, LayerQuant]) -> None:
+    """Biases become what integer runtimes add: multiples of input scale × weight scale (int32 in QDQ).
+
+    Without this the fake-quant model and the exported ONNX differ by up to half a bias step per
+    channel, enough to flip roundings downstream. Per-channel inputs keep a float bias, as in export.
+    """
+    for rec in records.values():
+        node = node_by_name(gm, rec.layer)
+        bias = node.args[2] if len(node.args) > 2 else None
+        act = gm.get_submodule(rec.act_module)
+        if bias is None or bias.op != "get_attr" or act.qparams is None or act.qparams.axis is not None:
+            continue
+        if rec.float_bias is None:
+            rec.float_bias = get_attr(gm, bias.target).detach().clone()
+        step = act.qparams.scale[0] * rec.weight_qparams.scale.to(rec.float_bias.device)
+        set_param(gm, bias.target, torch.round(rec.float_bias / step) * step)
+
+
+def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choose_granularity: bool,
+                       choose_scheme: bool, seed: int = 0) -> int:
+    """Give activation quantizers alternative schemes to be chosen later by the block output error.
+
+    Symmetric vs asymmetric for every one; per-channel vs per-tensor where every consumer is a
+    depthwise/grouped conv (their channels have very different ranges and never mix).
+    """
+    consumers: dict[str, set[str]] = {}
+    for rec in records.values():
+        consumers.setdefault(rec.act_module, set()).add(rec.consumer_op)
+    count = 0
+    for name, ops in consumers.items():
+        module: ActQuant = gm.get_submodule(name)
+        base = module.spec
+        grans = {base.granularity} | ({"per_tensor", "per_channel"} if choose_granularity and ops == {"dwconv"} else set())
+        schemes = {base.symmetric} | ({True, False} if choose_scheme else set())
+        specs = {spec_label(s): s for s in (dataclasses.replace(base, granularity=g, symmetric=sym)
+                                            for g in sorted(grans) for sym in sorted(schemes))}
+        specs.pop(spec_label(base))
+        if specs:
+            module.add_candidates(specs, channel_axis=1, seed=seed + count)
+            count += 1
+    return count
 
 
 def freeze_activations(gm: fx.GraphModule) -> dict[str, QParams]:

@@ -38,7 +38,7 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 def compute_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: LayerSpec, axis: int | None) -> QParams:
     """Scale and zero-point covering [lo, hi] (per channel), always including 0 exactly."""
-    qmin, qmax = qrange(spec.bits, spec.symmetric)
+    qmin, qmax = qrange(spec.effective_bits, spec.symmetric)
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
     eps = torch.finfo(torch.float32).eps

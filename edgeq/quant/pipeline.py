@@ -1,6 +1,7 @@
 """The quantize stage: capture → fold → block map → observers → calibrate → integer weights → bundle."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import asdict
@@ -17,7 +18,8 @@ from ..metrics import compare
 from ..models.intake import LoadedModel
 from ..trace.blocks import build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
-from .fakequant import finalize_weights, freeze_activations, insert_quantizers, plan_layers
+from .fakequant import ActQuant, add_act_candidates, finalize_weights, freeze_activations, insert_quantizers, \
+    plan_layers
 from .recipe import Recipe
 
 FIDELITY_SAMPLES = 32
@@ -37,7 +39,9 @@ def serialize_program(exported: torch.export.ExportedProgram) -> bytes:
     return buffer.getvalue()
 
 
-def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path, seed: int) -> dict:
+def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path, seed: int,
+                   device: str = "cpu", state=None) -> dict:
+    """``state`` (a ResumeState) makes block reconstruction save after every region and resume from it."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     with ui.status(f"capturing {loaded.spec} with torch.export"):
@@ -53,12 +57,26 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
     float_out = run_graph(gm, samples, batch_size)
     plan, kept_float = plan_layers(block_map, recipe)
     records = insert_quantizers(gm, plan, seed)
+    recon = recipe.reconstruction
+    if recon is not None:
+        add_act_candidates(gm, records, recon.choose_granularity, recon.choose_scheme, seed)
     with torch.no_grad():
         for batch in ui.track(list(data.batches(batch_size)), "calibrating"):
             gm(torch.from_numpy(batch))
     act_qparams = freeze_activations(gm)
     finalize_weights(gm, records)
     fidelity = compare(float_out, run_graph(gm, samples, batch_size))
+    recon_report = None
+    if recon is not None:
+        from ..reconstruct.engine import reconstruct
+        fidelity_observers = fidelity
+        if not dynamic:  # a static program only runs at its captured batch size
+            recon = dataclasses.replace(recon, batch_size=batch_size)
+        ui.log(f"reconstructing {len(records)} layers block by block ({recon.iterations} iterations each)")
+        recon_report = reconstruct(gm, records, block_map, data.x, recon, seed, device, state)
+        recon_report["fidelity_observers_vs_float"] = fidelity_observers
+        act_qparams = {name: m.qparams for name, m in gm.named_children() if isinstance(m, ActQuant)}
+        fidelity = compare(float_out, run_graph(gm, samples, batch_size))
     ptq_seconds = time.perf_counter() - start
 
     layers = {}
@@ -67,7 +85,8 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
             rec = records[name]
             layers[name] = {"quantized": True,
                             "precision": f"w{rec.weight_spec.bits}a{rec.act_spec.bits}",
-                            "reason": f"recipe {recipe.name}", "block": layer.block, "module": layer.module,
+                            "reason": f"recipe {recipe.name}", "rounding": _rounding(name, recon_report),
+                            "block": layer.block, "module": layer.module,
                             "op": layer.op, "act_quantizer": rec.act_module,
                             "weight_spec": asdict(rec.weight_spec), "act_spec": asdict(rec.act_spec)}
         else:
@@ -88,12 +107,38 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
         "layers": layers,
         "block_map": block_map.to_dict(),
         "fidelity_fakequant_vs_float": fidelity,
+        "reconstruction": recon_report,
+        "norm_placement": norm_placement(block_map.op_counts, len(folded)),
         "ptq_seconds": round(ptq_seconds, 2),
         "versions": package_versions(),
         "machine": machine(),
     }
     write_bundle(out, program, records, act_qparams, manifest, samples)
-    return {"bundle": str(out), "model": loaded.spec, "recipe": recipe.name,
+    summary = ({"regions": len(recon_report["regions"]), "fallbacks": recon_report["fallbacks"],
+                "seconds": recon_report["seconds"], "device": device} if recon_report else None)
+    return {"bundle": str(out), "model": loaded.spec, "recipe": recipe.name, "reconstruction": summary,
             "quantized_layers": len(records), "float_layers": len(kept_float),
             "batchnorm_folded": len(folded), "blocks": block_map.kinds(),
             "fidelity_fakequant_vs_float": fidelity, "ptq_seconds": round(ptq_seconds, 2)}
+
+
+def _rounding(layer: str, report: dict | None) -> str:
+    if report is None:
+        return "nearest"
+    region = next((r for r in report["regions"] if layer in r["layers"]), None)
+    return "adaround" if region and region["status"] == "learned" else "nearest (block fell back)"
+
+
+def norm_placement(op_counts: dict, batchnorm_folded: int) -> dict:
+    """Where quantizers sit around normalisation layers (recorded so a reader need not guess).
+
+    BatchNorms after a conv/linear are folded into its weights before quantization, so no quantizer
+    sits between them; LayerNorm/GroupNorm and unfolded BatchNorm run in float on float inputs, and their
+    outputs are quantized only where a quantized conv/linear reads them (its input quantizer).
+    """
+    return {"batch_norm_folded": batchnorm_folded,
+            "batch_norm_float": op_counts.get("batch_norm.default", 0),
+            "layer_norm_float": op_counts.get("layer_norm.default", 0),
+            "group_norm_float": op_counts.get("group_norm.default", 0),
+            "policy": "norm inputs stay float; norm outputs are quantized by the input quantizer of the "
+                      "conv/linear that reads them"}

@@ -1,7 +1,8 @@
 """Recipes are data: frozen dataclasses that round-trip through YAML/JSON and carry a format version.
 
 A recipe gives the default weight and activation quantization, ordered overrides keyed by a layer's
-module path, a ``re:`` pattern or a ``type:`` (conv, dwconv, linear), and calibration settings.
+module path, a ``re:`` pattern, a ``type:`` (conv, dwconv, linear) or a block ``kind:`` (stem, conv,
+bridge, attention, mlp, head), calibration settings and, optionally, block reconstruction settings.
 The first override that matches a layer wins; ``float: true`` keeps that layer in float.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ RECIPE_FORMAT = 1
 OBSERVERS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
 LAYER_TYPES = ("conv", "dwconv", "linear")
+BLOCK_KINDS = ("stem", "conv", "bridge", "attention", "mlp", "head")
+OBJECTIVES = ("mse", "fisher")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,15 @@ class LayerSpec:
     symmetric: bool = False
     observer: str = "minmax"
     percentile: float = 99.99
+    # weights only: one bit less range (e.g. [-64, 63] for 8 bits), stored as int8. ``auto`` turns it on
+    # where int8 dot products saturate (x86 without VNNI) and is resolved before quantization starts.
+    reduce_range: bool | str = False
+
+    @property
+    def effective_bits(self) -> int:
+        if self.reduce_range == "auto":
+            raise ValueError("reduce_range 'auto' must be resolved before use")
+        return self.bits - 1 if self.reduce_range else self.bits
 
     def validate(self, where: str) -> "LayerSpec":
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
@@ -45,6 +57,10 @@ class LayerSpec:
             raise RecipeError(f"{where}: symmetric must be true or false.")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise RecipeError(f"{where}: percentile must be in (50, 100], got {self.percentile!r}.")
+        if self.reduce_range not in (True, False, "auto"):
+            raise RecipeError(f"{where}: reduce_range must be true, false or auto, got {self.reduce_range!r}.")
+        if self.reduce_range is True and self.bits < 3:
+            raise RecipeError(f"{where}: reduce_range needs at least 3 bits.")
         return self
 
 
@@ -57,7 +73,9 @@ class Override:
     activations: LayerSpec | None = None
     keep_float: bool = False
 
-    def matches(self, layer_name: str, module_path: str, layer_type: str) -> bool:
+    def matches(self, layer_name: str, module_path: str, layer_type: str, kind: str = "") -> bool:
+        if self.match.startswith("kind:"):
+            return kind == self.match[5:]
         if self.match.startswith("type:"):
             return layer_type == self.match[5:] or (self.match[5:] == "conv" and layer_type == "dwconv")
         if self.match.startswith("re:"):
@@ -73,20 +91,60 @@ class CalibSpec:
 
 
 @dataclass(frozen=True)
+class ReconSpec:
+    """Block reconstruction (BRECQ objective, AdaRound weights, LSQ activation steps, QDrop)."""
+
+    iterations: int = 300           # optimizer steps per block
+    batch_size: int = 32
+    weight_lr: float = 3e-3         # AdaRound rounding variables (Adam)
+    act_lr: float = 1e-4            # LSQ activation step sizes (Adam)
+    drop_prob: float = 0.5          # QDrop: probability of keeping an activation in float while learning
+    round_weight: float = 0.01      # AdaRound regulariser weight (lambda)
+    beta_start: float = 20.0        # regulariser temperature, annealed to beta_end after warm-up
+    beta_end: float = 2.0
+    warmup: float = 0.2             # fraction of iterations without the regulariser
+    objective: str = "mse"          # mse | fisher (output error weighted by squared task-loss gradients)
+    choose_granularity: bool = True  # per-tensor vs per-channel activations for depthwise/grouped convs
+    choose_scheme: bool = True      # symmetric vs asymmetric activations, by block output error
+    joint_bridges: bool = True      # a bridge block is learned together with the block before it
+
+    def validate(self, where: str) -> "ReconSpec":
+        for key in ("iterations", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise RecipeError(f"{where}: {key} must be a positive integer, got {value!r}.")
+        for key in ("weight_lr", "act_lr", "round_weight", "beta_start", "beta_end"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise RecipeError(f"{where}: {key} must be a non-negative number, got {value!r}.")
+        if not isinstance(self.drop_prob, (int, float)) or not 0.0 <= self.drop_prob <= 1.0:
+            raise RecipeError(f"{where}: drop_prob must be between 0 and 1, got {self.drop_prob!r}.")
+        if not isinstance(self.warmup, (int, float)) or not 0.0 <= self.warmup < 1.0:
+            raise RecipeError(f"{where}: warmup must be in [0, 1), got {self.warmup!r}.")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+        for key in ("choose_granularity", "choose_scheme", "joint_bridges"):
+            if not isinstance(getattr(self, key), bool):
+                raise RecipeError(f"{where}: {key} must be true or false.")
+        return self
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     weights: LayerSpec
     activations: LayerSpec
     overrides: tuple[Override, ...] = ()
     calibration: CalibSpec = field(default_factory=CalibSpec)
+    reconstruction: ReconSpec | None = None
     description: str = ""
     format: int = RECIPE_FORMAT
 
-    def resolve(self, layer_name: str, module_path: str, layer_type: str
+    def resolve(self, layer_name: str, module_path: str, layer_type: str, kind: str = ""
                 ) -> tuple[LayerSpec, LayerSpec] | None:
         """(weight spec, activation spec) for one layer, or None when it stays in float."""
         for rule in self.overrides:
-            if rule.matches(layer_name, module_path, layer_type):
+            if rule.matches(layer_name, module_path, layer_type, kind):
                 if rule.keep_float:
                     return None
                 return rule.weights or self.weights, rule.activations or self.activations
@@ -112,7 +170,32 @@ def _override_to_dict(rule: Override) -> dict:
     return out
 
 
+_W8 = LayerSpec(bits=8, granularity="per_channel", symmetric=True, observer="mse", reduce_range="auto")
+_A8 = LayerSpec(bits=8, granularity="per_tensor", symmetric=False, observer="mse")
+# First and last layers keep 8 bits in the sub-8-bit recipes (standard practice in BRECQ/QDrop/Q-HyViT)
+_EDGES_8BIT = (Override("kind:stem", weights=_W8, activations=_A8), Override("kind:head", weights=_W8, activations=_A8))
+
 BUILTIN = {
+    "w8a8": Recipe(
+        name="w8a8",
+        description="Block reconstruction (AdaRound weights, LSQ activation steps, QDrop, bridge blocks "
+                    "learned jointly): per-channel symmetric int8 weights (7-bit range where int8 dot products "
+                    "saturate, i.e. x86 without VNNI), uint8/int8 activations chosen per block. The default.",
+        weights=_W8, activations=_A8, reconstruction=ReconSpec(),
+    ),
+    "w6a6": Recipe(
+        name="w6a6",
+        description="Block reconstruction at 6-bit weights and activations; stem and head stay 8-bit.",
+        weights=LayerSpec(bits=6, granularity="per_channel", symmetric=True, observer="mse"),
+        activations=LayerSpec(bits=6, granularity="per_tensor", symmetric=False, observer="mse"),
+        overrides=_EDGES_8BIT, reconstruction=ReconSpec(),
+    ),
+    "w4a8": Recipe(
+        name="w4a8",
+        description="Block reconstruction at 4-bit weights, 8-bit activations; stem and head stay 8-bit.",
+        weights=LayerSpec(bits=4, granularity="per_channel", symmetric=True, observer="mse"),
+        activations=_A8, overrides=_EDGES_8BIT, reconstruction=ReconSpec(),
+    ),
     "w8a8-fast": Recipe(
         name="w8a8-fast",
         description="Observers only: per-channel symmetric int8 weights (MSE-searched ranges), "
@@ -128,7 +211,7 @@ BUILTIN = {
         activations=LayerSpec(bits=8, granularity="per_tensor", symmetric=False, observer="minmax"),
     ),
 }
-DEFAULT_RECIPE = "w8a8-fast"
+DEFAULT_RECIPE = "w8a8"
 
 
 def load_recipe(name_or_path: str) -> Recipe:
@@ -161,14 +244,31 @@ def recipe_from_dict(data, where: str = "recipe") -> Recipe:
     base = BUILTIN.get(data.pop("base", DEFAULT_RECIPE))
     if base is None:
         raise RecipeError(f"{where}: base must name a built-in recipe ({', '.join(BUILTIN)}).")
-    _reject_unknown(data, {"name", "description", "weights", "activations", "overrides", "calibration"}, where)
+    _reject_unknown(data, {"name", "description", "weights", "activations", "overrides", "calibration",
+                           "reconstruction"}, where)
     weights = _layer_spec(data.get("weights"), base.weights, f"{where}: weights")
     activations = _layer_spec(data.get("activations"), base.activations, f"{where}: activations")
     overrides = tuple(_override(o, weights, activations, f"{where}: overrides[{i}]")
                       for i, o in enumerate(data.get("overrides") or []))
     calib = _calib_spec(data.get("calibration"), base.calibration, f"{where}: calibration")
+    recon = _recon_spec(data.get("reconstruction", "base"), base.reconstruction, f"{where}: reconstruction")
     return Recipe(name=str(data.get("name", "custom")), description=str(data.get("description", "")),
-                  weights=weights, activations=activations, overrides=overrides, calibration=calib)
+                  weights=weights, activations=activations, overrides=overrides, calibration=calib,
+                  reconstruction=recon)
+
+
+def _recon_spec(data, default: ReconSpec | None, where: str) -> ReconSpec | None:
+    """``reconstruction: false`` turns it off; a mapping overrides the base recipe's (or the defaults)."""
+    if data == "base":
+        return default
+    if data is False or data is None:
+        return None
+    if data is True:
+        return default or ReconSpec()
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where} must be a mapping, true or false.")
+    _reject_unknown(data, {f.name for f in dataclasses.fields(ReconSpec)}, where)
+    return dataclasses.replace(default or ReconSpec(), **data).validate(where)
 
 
 def _reject_unknown(data: dict, allowed: set, where: str) -> None:
@@ -193,6 +293,8 @@ def _override(data, weights: LayerSpec, activations: LayerSpec, where: str) -> O
     match = data["match"]
     if match.startswith("type:") and match[5:] not in LAYER_TYPES:
         raise RecipeError(f"{where}: unknown layer type {match[5:]!r} (use {', '.join(LAYER_TYPES)}).")
+    if match.startswith("kind:") and match[5:] not in BLOCK_KINDS:
+        raise RecipeError(f"{where}: unknown block kind {match[5:]!r} (use {', '.join(BLOCK_KINDS)}).")
     if match.startswith("re:"):
         try:
             re.compile(match[3:])
@@ -216,3 +318,16 @@ def _calib_spec(data, default: CalibSpec, where: str) -> CalibSpec:
             and isinstance(spec.batch_size, int) and spec.batch_size > 0):
         raise RecipeError(f"{where}: samples and batch_size must be positive integers.")
     return spec
+
+
+def resolve_reduce_range(recipe: Recipe, saturates: bool) -> Recipe:
+    """Replace ``reduce_range: auto`` by a decision for this machine (recorded in the bundle's recipe)."""
+    def fix(spec: LayerSpec | None) -> LayerSpec | None:
+        if spec is None or spec.reduce_range != "auto":
+            return spec
+        return dataclasses.replace(spec, reduce_range=saturates and spec.bits == 8)
+
+    overrides = tuple(dataclasses.replace(o, weights=fix(o.weights), activations=fix(o.activations))
+                      for o in recipe.overrides)
+    return dataclasses.replace(recipe, weights=fix(recipe.weights), activations=fix(recipe.activations),
+                               overrides=overrides)

@@ -1,0 +1,320 @@
+"""Block reconstruction: learn each region's rounding and activation steps against the float block.
+
+For every region in execution order (BRECQ):
+  1. its inputs come from the already-quantized regions before it (cached), its targets from the
+     float model (cached): both caches move forward one region at a time;
+  2. per activation quantizer, the candidate schemes (symmetric/asymmetric, per-tensor/per-channel for
+     depthwise inputs) are compared by the region's output error, and the best one is kept;
+  3. AdaRound variables and LSQ steps are trained with Adam on random mini-batches, QDrop active,
+     AdaRound's regulariser annealed from ``beta_start`` to ``beta_end`` after the warm-up;
+  4. the hard decisions are frozen, and the state is saved for ``--resume``.
+A region whose loss turns NaN/Inf falls back to observer-only quantization (round-to-nearest weights,
+observer steps) and the report says why. CPU runs are deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+from torch import fx
+
+from .. import ui
+from ..quant.fakequant import ActQuant, LayerQuant, dequantize_int, quantize_int, round_biases, spec_label
+from ..quant.observers import QParams
+from ..quant.recipe import ReconSpec
+from ..trace.blocks import BlockMap
+from ..trace.graphutil import set_param
+from .learners import AdaRound, LearnedStep, Mode
+from .regions import Region, plan_regions
+from .state import ResumeState
+
+EVAL_SAMPLES = 128   # fixed subset for the before/after loss and the scheme choice
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Learners:
+    mode: Mode
+    weights: dict[str, AdaRound]       # layer -> AdaRound
+    acts: dict[str, LearnedStep]       # ActQuant module name -> LSQ step
+    float_weights: dict[str, torch.Tensor]
+
+
+def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x: np.ndarray,
+                spec: ReconSpec, seed: int, device: str, state: ResumeState | None = None) -> dict:
+    """Learn every region in place; afterwards ``records`` and the ActQuant modules hold the result."""
+    start = time.perf_counter()
+    regions = plan_regions(gm, block_map, set(records), spec.joint_bridges)
+    learners = _attach(gm, records, spec)
+    gm.to(device)
+    for learner in [*learners.weights.values(), *learners.acts.values()]:
+        learner.to(device)
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    placeholder = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    float_cache, quant_cache = {placeholder: inputs}, {placeholder: inputs}
+    grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
+    reports = []
+    for i, region in enumerate(regions):
+        targets = _run(region, float_cache, learners.mode, "float", spec.batch_size, device)
+        if state is not None and i < state.regions_done:
+            report = state.data["regions"][i]
+            _load_region(region, learners, gm, state, device)
+        else:
+            report = _learn_region(i, region, learners, records, gm, float_cache, quant_cache, targets,
+                                   [grads.get(o) for o in region.outputs], spec, seed, device)
+            if state is not None:
+                state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
+                             {name: _act_state(learners.acts[name]) for name in region.act_quantizers})
+        reports.append(report)
+        outputs = _run(region, quant_cache, learners.mode, "hard", spec.batch_size, device)
+        for name, f, q in zip(region.outputs, targets, outputs):
+            float_cache[name], quant_cache[name] = f, q
+        for name in [n for n in float_cache if region.last_use.get(n, -1) <= i]:
+            float_cache.pop(name), quant_cache.pop(name)
+        ui.log(_summary_line(i, len(regions), report))
+    _store(gm, records, learners)
+    gm.to("cpu")
+    return {"spec": dataclasses.asdict(spec), "device": device, "regions": reports,
+            "fallbacks": [r["name"] for r in reports if r["status"] != "learned"],
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _summary_line(i: int, total: int, report: dict) -> str:
+    if report["status"] != "learned":
+        return f"  [{i + 1}/{total}] {report['name']}: fallback ({report.get('reason', '')})"
+    return (f"  [{i + 1}/{total}] {report['name']}: loss {report['loss_observers']:.4g} -> "
+            f"{report['loss_learned']:.4g} ({report['seconds']} s)")
+
+
+def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec) -> Learners:
+    """Plug an AdaRound into every WeightQuant and an LSQ step into every ActQuant (not as submodules)."""
+    mode = Mode(spec.drop_prob)
+    weights, floats = {}, {}
+    for name, rec in records.items():
+        wq = gm.get_submodule(f"edgeq_weight_{name}")
+        floats[name] = rec.float_weight
+        weights[name] = AdaRound(rec.float_weight, rec.weight_qparams, mode)
+        object.__setattr__(wq, "learner", weights[name])
+    acts = {}
+    for name, module in gm.named_children():
+        if isinstance(module, ActQuant):
+            acts[name] = LearnedStep(module.qparams, mode, spec_label(module.spec))
+            object.__setattr__(module, "learner", acts[name])
+    return Learners(mode, weights, acts, floats)
+
+
+def _batches(n: int, batch_size: int):
+    for i in range(0, n, batch_size):
+        yield slice(i, min(n, i + batch_size))
+
+
+def _run(region: Region, cache: dict, mode: Mode, value: str, batch_size: int, device: str) -> list[torch.Tensor]:
+    """Region outputs for every cached sample, in ``value`` mode, back on the CPU."""
+    mode.value = value
+    n = len(cache[region.inputs[0]])
+    parts: list[list[torch.Tensor]] = [[] for _ in region.outputs]
+    with torch.no_grad():
+        for s in _batches(n, batch_size):
+            outs = region.module(*[cache[k][s].to(device) for k in region.inputs])
+            for part, out in zip(parts, outs):
+                part.append(out.cpu())
+    return [torch.cat(p) for p in parts]
+
+
+def _loss(outs, targets, weights) -> torch.Tensor:
+    """BRECQ's block objective: squared error summed over elements, averaged over the batch."""
+    total = 0.0
+    for out, target, w in zip(outs, targets, weights):
+        err = (out - target) ** 2
+        total = total + (err * w if w is not None else err).sum()
+    return total / outs[0].shape[0]
+
+
+def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, device) -> float:
+    learners.mode.value = "hard"
+    with torch.no_grad():
+        outs = region.module(*[t.to(device) for t in inputs])
+        return float(_loss(outs, [t.to(device) for t in targets],
+                           [w.to(device) if w is not None else None for w in weights]))
+
+
+def _learn_region(i: int, region: Region, learners: Learners, records, gm, float_cache, quant_cache,
+                  targets, grads, spec: ReconSpec, seed: int, device: str) -> dict:
+    start = time.perf_counter()
+    n = len(quant_cache[region.inputs[0]])
+    sub = slice(0, min(n, EVAL_SAMPLES))
+    eval_in = [quant_cache[k][sub] for k in region.inputs]
+    eval_tgt, eval_w = [t[sub] for t in targets], [g[sub] if g is not None else None for g in grads]
+    report = {"name": region.name, "kinds": list(region.kinds), "layers": list(region.layers)}
+    try:
+        before = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        report["choices"] = _choose_schemes(region, learners, gm, eval_in, eval_tgt, eval_w, device)
+        report["loss_observers"] = before
+        _train(i, region, learners, quant_cache, targets, grads, spec, seed, device)
+        after = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        if not math.isfinite(after):
+            raise NonFiniteLoss("the learned block's loss is not finite")
+        report.update(status="learned", loss_learned=after, iterations=spec.iterations)
+    except NonFiniteLoss as exc:
+        _fall_back(region, learners, gm, records, device)
+        report.update(status="fallback", reason=f"{exc}; kept observer-only quantization (round-to-nearest "
+                                                f"weights, observer ranges)", iterations=0)
+        ui.log(f"  {region.name}: {report['reason']}")
+    for name in region.layers:
+        learners.weights[name].fix()
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    for key in ("loss_observers", "loss_learned"):
+        if key in report and not math.isfinite(report[key]):
+            report[key] = None
+    return report
+
+
+def _choose_schemes(region: Region, learners: Learners, gm, inputs, targets, weights, device) -> dict:
+    """Per activation quantizer with alternatives, keep the scheme with the lowest region output error."""
+    choices = {}
+    for name in region.act_quantizers:
+        module: ActQuant = gm.get_submodule(name)
+        options = getattr(module, "candidate_qparams", {})
+        if len(options) < 2:
+            continue
+        losses = {}
+        for label, qp in options.items():
+            learners.acts[name] = _swap_step(module, LearnedStep(qp, learners.mode, label).to(device))
+            losses[label] = _eval_loss(region, learners, inputs, targets, weights, device)
+        finite = {k: v for k, v in losses.items() if math.isfinite(v)}
+        best = min(finite, key=finite.get) if finite else spec_label(module.spec)
+        learners.acts[name] = _swap_step(module, LearnedStep(options[best], learners.mode, best).to(device))
+        choices[name] = {"chosen": best, "losses": {k: (v if math.isfinite(v) else None) for k, v in losses.items()}}
+    return choices
+
+
+def _swap_step(module: ActQuant, step: LearnedStep) -> LearnedStep:
+    object.__setattr__(module, "learner", step)
+    return step
+
+
+def _train(i: int, region: Region, learners: Learners, quant_cache, targets, grads, spec: ReconSpec,
+           seed: int, device: str) -> None:
+    rounding = [learners.weights[name] for name in region.layers]
+    steps = [learners.acts[name] for name in region.act_quantizers]
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+    learners.mode.generator = generator
+    sampler = torch.Generator().manual_seed(seed * 1_000_003 + i)
+    opt_w = torch.optim.Adam([r.v for r in rounding], lr=spec.weight_lr) if rounding else None
+    opt_a = torch.optim.Adam([s.scale for s in steps], lr=spec.act_lr) if steps and spec.act_lr > 0 else None
+    sched_a = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=spec.iterations) if opt_a else None
+    n = len(quant_cache[region.inputs[0]])
+    warm = int(spec.warmup * spec.iterations)
+    with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
+        for it in range(spec.iterations):
+            idx = torch.randint(n, (min(spec.batch_size, n),), generator=sampler)
+            learners.mode.value = "soft"
+            outs = region.module(*[quant_cache[k][idx].to(device) for k in region.inputs])
+            rec = _loss(outs, [t[idx].to(device) for t in targets],
+                        [g[idx].to(device) if g is not None else None for g in grads])
+            loss = rec
+            if it >= warm and rounding and spec.round_weight > 0:
+                beta = spec.beta_end + (spec.beta_start - spec.beta_end) * max(
+                    0.0, 1 - (it - warm) / max(1, spec.iterations - warm))
+                loss = rec + spec.round_weight * sum(r.regularizer(beta) for r in rounding)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss at iteration {it}")
+            for opt in (opt_w, opt_a):
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in (opt_w, opt_a):
+                if opt is not None:
+                    opt.step()
+            if sched_a is not None:
+                sched_a.step()
+            update(1, f"loss {float(rec.detach()):.4g}" if it % 10 == 0 else None)
+    learners.mode.generator = None
+
+
+def _fall_back(region: Region, learners: Learners, gm, records, device: str) -> None:
+    """Observer-only quantization for this region: round-to-nearest weights, the observer's steps."""
+    for name in region.layers:
+        rec = records[name]
+        learners.weights[name].fix(quantize_int(learners.float_weights[name], rec.weight_qparams))
+    for name in region.act_quantizers:
+        module = gm.get_submodule(name)
+        step = LearnedStep(module.qparams, learners.mode, spec_label(module.spec))
+        learners.acts[name] = _swap_step(module, step.to(device))
+
+
+def _act_state(step: LearnedStep) -> dict:
+    qp = step.qparams()
+    return {"scale": qp.scale, "zero_point": qp.zero_point, "qmin": qp.qmin, "qmax": qp.qmax,
+            "axis": -1 if qp.axis is None else qp.axis, "label": step.label}
+
+
+def _load_region(region: Region, learners: Learners, gm, state: ResumeState, device: str) -> None:
+    """A region finished before the interruption: its saved decisions, exactly."""
+    for name in region.layers:
+        learners.weights[name].fix(state.data["weights"][name])
+    for name in region.act_quantizers:
+        saved = state.data["acts"][name]
+        qp = QParams(saved["scale"], saved["zero_point"], saved["qmin"], saved["qmax"],
+                     None if saved["axis"] == -1 else saved["axis"])
+        learners.acts[name] = _swap_step(gm.get_submodule(name), LearnedStep(qp, learners.mode, saved["label"]).to(device))
+
+
+def _store(gm: fx.GraphModule, records: dict[str, LayerQuant], learners: Learners) -> None:
+    """Write the hard integers and learned steps into the graph and the records; detach the learners."""
+    for name, rec in records.items():
+        rec.weight_int = learners.weights[name].hard_int().cpu()
+        set_param(gm, rec.weight_target, dequantize_int(rec.weight_int, rec.weight_qparams))
+        object.__setattr__(gm.get_submodule(f"edgeq_weight_{name}"), "learner", None)
+    for name, module in gm.named_children():
+        if isinstance(module, ActQuant):
+            step = learners.acts[name]
+            granularity, scheme = step.label.split("/")
+            module.spec = dataclasses.replace(module.spec, granularity=granularity, symmetric=scheme == "sym")
+            module.load(step.qparams())
+            object.__setattr__(module, "learner", None)
+    for rec in records.values():
+        rec.act_spec = gm.get_submodule(rec.act_module).spec
+    round_biases(gm, records)
+
+
+def _output_gradients(gm: fx.GraphModule, learners: Learners, regions: list[Region], x: torch.Tensor,
+                      spec: ReconSpec, device: str) -> dict[str, torch.Tensor]:
+    """Fisher weights: squared gradient of the task loss w.r.t. every region output, on the float model.
+
+    The task loss is cross-entropy against the float model's own prediction (no labels needed).
+    """
+    wanted = {name for r in regions for name in r.outputs}
+    grads: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
+    learners.mode.value = "float"
+    for s in _batches(len(x), spec.batch_size):
+        values = {}
+        interp = _Recorder(gm, wanted, values)
+        batch = x[s].to(device).requires_grad_(True)
+        logits = interp.run(batch)
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        loss = torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+        tensors = [values[n] for n in wanted if n in values and values[n].requires_grad]
+        names = [n for n in wanted if n in values and values[n].requires_grad]
+        for name, g in zip(names, torch.autograd.grad(loss, tensors, allow_unused=True)):
+            grads[name].append((g.detach() ** 2).cpu() if g is not None else torch.zeros_like(values[name]).cpu())
+    return {name: torch.cat(parts) for name, parts in grads.items() if parts}
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, wanted, values):
+        super().__init__(gm)
+        self.wanted, self.values = wanted, values
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.wanted and isinstance(out, torch.Tensor):
+            self.values[n.name] = out
+        return out
+

@@ -1,0 +1,194 @@
+"""Block reconstruction: AdaRound, LSQ steps, regions, determinism, kill-and-resume, NaN fallback."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeq import api
+from edgeq.bundle import float_graph, read_bundle
+from edgeq.quant.fakequant import quantize_int
+from edgeq.quant.observers import QParams, compute_qparams
+from edgeq.quant.recipe import LayerSpec
+from edgeq.reconstruct.learners import AdaRound, LearnedStep, Mode
+from edgeq.reconstruct.state import resume_dir
+from edgeq.trace.graphutil import get_attr
+
+from conftest import TINY
+
+FAST = dict(iters=40, calib_size=48, batch_size=16)
+
+
+def digest(bundle) -> str:
+    return hashlib.sha256((bundle / "quant.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def recon_bundle(tmp_path_factory, calib_npy):
+    out = tmp_path_factory.mktemp("recon") / "tiny.edgeq"
+    api.quantize(TINY, str(calib_npy), "w8a8", out, seed=0, **FAST)
+    return out
+
+
+def test_adaround_starts_at_nearest_and_ends_hard():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    qp = compute_qparams(w.amin((1, 2, 3)), w.amax((1, 2, 3)), LayerSpec(bits=4, granularity="per_channel",
+                                                                       symmetric=True), axis=0)
+    ada = AdaRound(w, qp, Mode())
+    assert torch.equal(ada.hard_int(), quantize_int(w, qp))  # hard decision starts at round-to-nearest
+    opt = torch.optim.Adam([ada.v], lr=0.05)
+    for it in range(400):  # the regulariser alone, annealed 20 -> 2, must drive every h to 0 or 1
+        beta = 2 + 18 * (1 - it / 400)
+        opt.zero_grad()
+        ada.regularizer(beta).backward()
+        opt.step()
+    h = ada.h()
+    assert torch.all((h == 0) | (h == 1))
+    assert int((ada.hard_int().int() - quantize_int(w, qp).int()).abs().max()) <= 1
+
+
+def test_lsq_gradient_matches_numerical_derivative():
+    """LSQ's step gradient is the derivative of the quantizer with its rounding residual held fixed."""
+    torch.manual_seed(0)
+    x = torch.randn(64) * 3
+    qp = QParams(torch.tensor([0.05]), torch.tensor([128], dtype=torch.int32), 0, 255, None)
+    step = LearnedStep(qp, Mode(), "per_tensor/asym")
+    out = step.quantize(x)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    grad = step.scale.grad.item()
+    assert np.isfinite(grad)
+
+    xd, up = x.double(), upstream.double()
+    s0 = float(step.scale.detach())
+    residual = torch.round(xd / s0) - xd / s0
+
+    def surrogate(s: float) -> float:
+        q = torch.clamp(xd / s + residual + 128, 0, 255)
+        return float(((q - 128) * s * up).sum())
+
+    eps = 1e-6
+    numeric = (surrogate(s0 + eps) - surrogate(s0 - eps)) / (2 * eps)
+    factor = 1.0 / np.sqrt(x.numel() * 255)  # LSQ gradient scaling
+    assert grad == pytest.approx(numeric * factor, rel=1e-3)
+
+
+def test_quantizer_round_trip_clamping_and_all_positive_zero_point():
+    x = torch.linspace(0.0, 6.0, 101)  # all positive: the zero-point must sit at qmin, not overflow
+    for bits in (8, 6, 4):
+        qp = compute_qparams(x.min().view(1), x.max().view(1), LayerSpec(bits=bits), axis=None)
+        assert qp.qmin <= int(qp.zero_point) <= qp.qmax and int(qp.zero_point) == 0
+        q = quantize_int(x, qp)
+        assert int(q.min()) >= qp.qmin and int(q.max()) <= qp.qmax
+        back = (q.float() - qp.zero_point.float()) * qp.scale
+        assert float((back - x).abs().max()) <= float(qp.scale) / 2 + 1e-6
+        step = LearnedStep(qp, Mode(), "per_tensor/asym")
+        clamped = step(torch.tensor([-5.0, 100.0]))
+        assert clamped.tolist() == pytest.approx([0.0, float((qp.qmax - qp.zero_point) * qp.scale)])
+    neg = compute_qparams(torch.tensor([-4.0]), torch.tensor([-1.0]), LayerSpec(bits=8), axis=None)
+    assert int(neg.zero_point) == 255  # all-negative: zero-point at qmax, still in range
+
+
+def test_reconstruction_improves_and_records_every_block(recon_bundle):
+    m = json.loads((recon_bundle / "manifest.json").read_text())
+    recon = m["reconstruction"]
+    assert recon["fallbacks"] == [] and recon["spec"]["iterations"] == 40
+    kinds = [k for r in recon["regions"] for k in r["kinds"]]
+    assert "bridge" in kinds and "attention" in kinds
+    bridge_regions = [r for r in recon["regions"] if "bridge" in r["kinds"]]
+    assert all(len(r["kinds"]) >= 2 for r in bridge_regions)  # learned jointly with the block before
+    total_before = sum(r["loss_observers"] for r in recon["regions"])
+    total_after = sum(r["loss_learned"] for r in recon["regions"])
+    assert total_after < total_before
+    assert all(d["rounding"] == "adaround" for d in m["layers"].values())
+    assert m["fidelity_fakequant_vs_float"]["cosine"] >= recon["fidelity_observers_vs_float"]["cosine"] - 1e-4
+    assert m["norm_placement"]["batch_norm_folded"] == 5 and m["norm_placement"]["layer_norm_float"] == 2
+
+
+def test_learned_weights_within_one_step_of_nearest(recon_bundle):
+    bundle = read_bundle(recon_bundle)
+    gm = float_graph(bundle)  # BatchNorm folded, as the reconstruction saw it
+    moved = 0
+    for name, layer in bundle.manifest["layers"].items():
+        q = bundle.tensors[f"weight.{name}.int"].int()
+        meta = layer["weight_qparams"]
+        qp = QParams(bundle.tensors[f"weight.{name}.scale"], bundle.tensors[f"weight.{name}.zero_point"],
+                     meta["qmin"], meta["qmax"], meta["axis"])
+        nearest = quantize_int(_float_weight(gm, name), qp).int()
+        assert int((q - nearest).abs().max()) <= 1
+        moved += int((q != nearest).sum())
+    assert moved > 0  # AdaRound changed some decisions
+
+
+def _float_weight(gm, layer_name):
+    node = next(n for n in gm.graph.nodes if n.name == layer_name)
+    return get_attr(gm, node.args[1].target).detach()
+
+
+def test_same_seed_same_integers(recon_bundle, calib_npy, tmp_path):
+    again = tmp_path / "again.edgeq"
+    api.quantize(TINY, str(calib_npy), "w8a8", again, seed=0, **FAST)
+    assert digest(again) == digest(recon_bundle)
+
+
+def test_kill_and_resume_gives_the_same_weights(recon_bundle, calib_npy, tmp_path):
+    out = tmp_path / "killed.edgeq"
+    cmd = [sys.executable, "-m", "edgeq.cli", "quantize", "--model", TINY, "--calib", str(calib_npy),
+           "-o", str(out), "--iters", "40", "--calib-size", "48", "--batch-size", "16", "--json"]
+    state_file = resume_dir(out) / "state.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and torch.load(state_file, weights_only=True)["regions"].__len__() >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists() and state_file.is_file()
+    result = api.quantize(TINY, str(calib_npy), "w8a8", out, seed=0, resume=True, **FAST)
+    assert result["bundle"] == str(out)
+    assert digest(out) == digest(recon_bundle)
+    assert not resume_dir(out).exists()  # the state is removed once the bundle is written
+
+
+def test_nan_block_falls_back_and_the_rest_learns(calib_npy, tmp_path):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32) * 4)
+    out = tmp_path / "fragile.edgeq"
+    spec = f"{os.path.dirname(__file__)}/tiny_models.py:fragile_net"
+    result = api.quantize(spec, str(data), "w8a8", out, iters=20, batch_size=16)
+    m = json.loads((out / "manifest.json").read_text())
+    regions = {r["name"]: r for r in m["reconstruction"]["regions"]}
+    assert result["reconstruction"]["fallbacks"] == ["blocks.0"]
+    assert regions["blocks.0"]["status"] == "fallback" and "non-finite" in regions["blocks.0"]["reason"]
+    assert all(r["status"] == "learned" for n, r in regions.items() if n != "blocks.0")
+    layer = next(d for d in m["layers"].values() if d["block"] == "blocks.0")
+    assert layer["rounding"].startswith("nearest")
+    out_q = api.evaluate(out, str(data))  # the model is not poisoned: finite, close to float
+    assert out_q["vs_fp32"]["cosine"] > 0.99
+
+
+def test_sub8bit_exports_exactly_to_onnx(calib_npy, tmp_path):
+    out = tmp_path / "w6a6.edgeq"
+    api.quantize(TINY, str(calib_npy), "w6a6", out, **FAST)
+    m = json.loads((out / "manifest.json").read_text())
+    precisions = {d["precision"] for d in m["layers"].values()}
+    assert precisions == {"w6a6", "w8a8"}  # stem and head stay 8-bit
+    record = api.export(out, "onnx", tmp_path / "w6a6.onnx")
+    assert record["fidelity_vs_torch"]["cosine"] > 0.9999
+    model = onnx.load(str(tmp_path / "w6a6.onnx"))
+    assert any(n.op_type in ("Clip", "Min", "Max") for n in model.graph.node)
+    bundle = read_bundle(out)
+    for name, layer in m["layers"].items():
+        if layer["precision"] == "w6a6":
+            q = bundle.tensors[f"weight.{name}.int"]
+            assert -32 <= int(q.min()) and int(q.max()) <= 31
