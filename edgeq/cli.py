@@ -191,7 +191,8 @@ def profile(artifact, threads, runs, warmup, batch, as_json):
 @main.command()
 @click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all"]))
 @click.option("--models", help="Comma-separated subset of the suite's models.")
-@click.option("--recipes", default="w8a8-fast", show_default=True, help="Comma-separated edgeq recipes.")
+@click.option("--recipes", default="w8a8-fast,w8a8,w6a6,w4a8", show_default=True,
+              help="Comma-separated edgeq recipes.")
 @click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))

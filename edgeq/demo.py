@@ -8,13 +8,14 @@ from . import api
 from .envinfo import machine, package_versions
 from .fsutil import atomic_path, check_output
 from .profile.ort_cpu import measure_interleaved
+from .quant.recipe import DEFAULT_RECIPE
 
 
 def run_demo(model: str, out: str | Path, force: bool) -> dict:
     out = check_output(out, force, is_dir=True)
     with atomic_path(out, is_dir=True) as tmp:
         bundle = tmp / "model.edgeq"
-        quant = api.quantize(model, "zoo", "w8a8-fast", bundle)
+        quant = api.quantize(model, "zoo", DEFAULT_RECIPE, bundle)
         artifacts = {p: tmp / f"model_{p}.onnx" for p in ("fp32", "int8")}
         exports = {p: api.export(bundle, "onnx", path, precision=p) for p, path in artifacts.items()}
         evals = {p: api.evaluate(path, "zoo:test") for p, path in artifacts.items()}

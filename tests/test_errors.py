@@ -174,3 +174,32 @@ def test_output_kind_mismatch_never_replaces(workdir, tiny_bundle):
     (workdir / "adir" / "keep.txt").write_text("x")
     assert_clean_error(*run("export", tiny_bundle, "-o", workdir / "adir", "--force"), "existing folder")
     assert (workdir / "adir" / "keep.txt").exists()
+
+
+def test_reconstruction_bad_knobs(workdir):
+    for bad in (["--iters", "0"], ["--iters", "-5"], ["--drop-prob", "1.5"]):
+        assert_clean_error(*quantize(workdir, *bad), "command line", workdir)
+    assert_clean_error(*quantize(workdir, "--batch-size", "64"), "fewer than one reconstruction batch", workdir)
+    assert_clean_error(*quantize(workdir, "--recipe", "w8a8-fast", "--iters", "10"),
+                       "does not use block reconstruction", workdir)
+    (workdir / "w9.yaml").write_text("edgeq_recipe: 1\nweights: {bits: 9}\n")
+    assert_clean_error(*quantize(workdir, "--recipe", workdir / "w9.yaml"), "bits must be an integer from 2 to 8",
+                       workdir)
+    (workdir / "obj.yaml").write_text("edgeq_recipe: 1\nreconstruction: {objective: hessian}\n")
+    assert_clean_error(*quantize(workdir, "--recipe", workdir / "obj.yaml"), "objective must be one of", workdir)
+    assert not (workdir / "out.edgeq.resume").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_request_without_cuda(workdir):
+    assert_clean_error(*quantize(workdir, "--device", "cuda"), "no usable CUDA device", workdir)
+    assert_clean_error(*quantize(workdir, "--device", "tpu"), "--device must be cpu or cuda", workdir)
+
+
+def test_interrupted_run_needs_resume_or_force(workdir):
+    (workdir / "out.edgeq.resume").mkdir()
+    (workdir / "out.edgeq.resume" / "state.pt").write_bytes(b"not a state")
+    assert_clean_error(*quantize(workdir), "pass --resume to continue it or --force")
+    assert_clean_error(*quantize(workdir, "--resume"), "unreadable")
+    assert (workdir / "out.edgeq.resume" / "state.pt").read_bytes() == b"not a state"
+    assert not (workdir / "out.edgeq").exists()

@@ -192,3 +192,18 @@ def test_sub8bit_exports_exactly_to_onnx(calib_npy, tmp_path):
         if layer["precision"] == "w6a6":
             q = bundle.tensors[f"weight.{name}.int"]
             assert -32 <= int(q.min()) and int(q.max()) <= 31
+
+
+def test_fisher_objective_and_recipe_knobs(calib_npy, tmp_path):
+    recipe = tmp_path / "fisher.yaml"
+    recipe.write_text("edgeq_recipe: 1\nname: w8a8-fisher\nbase: w8a8\n"
+                      "reconstruction: {objective: fisher, iterations: 10, drop_prob: 0.0, choose_scheme: false}\n")
+    out = tmp_path / "fisher.edgeq"
+    api.quantize(TINY, str(calib_npy), str(recipe), out, batch_size=16)
+    m = json.loads((out / "manifest.json").read_text())
+    spec = m["reconstruction"]["spec"]
+    assert spec["objective"] == "fisher" and spec["iterations"] == 10 and spec["drop_prob"] == 0.0
+    assert m["reconstruction"]["fallbacks"] == []
+    choices = [c for r in m["reconstruction"]["regions"] for c in r["choices"].values()]
+    assert choices and all(label.endswith("/asym") for c in choices for label in c["losses"])  # no sym tried
+    assert m["fidelity_fakequant_vs_float"]["cosine"] > 0.999

@@ -66,7 +66,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             report = state.data["regions"][i]
             _load_region(region, learners, gm, state, device)
         else:
-            report = _learn_region(i, region, learners, records, gm, float_cache, quant_cache, targets,
+            report = _learn_region(i, region, learners, records, gm, quant_cache, targets,
                                    [grads.get(o) for o in region.outputs], spec, seed, device)
             if state is not None:
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
@@ -144,8 +144,8 @@ def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, dev
                            [w.to(device) if w is not None else None for w in weights]))
 
 
-def _learn_region(i: int, region: Region, learners: Learners, records, gm, float_cache, quant_cache,
-                  targets, grads, spec: ReconSpec, seed: int, device: str) -> dict:
+def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant_cache, targets, grads,
+                  spec: ReconSpec, seed: int, device: str) -> dict:
     start = time.perf_counter()
     n = len(quant_cache[region.inputs[0]])
     sub = slice(0, min(n, EVAL_SAMPLES))
