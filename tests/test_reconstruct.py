@@ -105,10 +105,12 @@ def test_reconstruction_improves_and_records_every_block(recon_bundle):
     assert "bridge" in kinds and "attention" in kinds
     bridge_regions = [r for r in recon["regions"] if "bridge" in r["kinds"]]
     assert all(len(r["kinds"]) >= 2 for r in bridge_regions)  # learned jointly with the block before
-    total_before = sum(r["loss_observers"] for r in recon["regions"])
-    total_after = sum(r["loss_learned"] for r in recon["regions"])
-    assert total_after < total_before
-    assert all(d["rounding"] == "adaround" for d in m["layers"].values())
+    final = [r["loss_learned"] if r["status"] == "learned" else r["loss_chosen"] for r in recon["regions"]]
+    assert all(f <= r["loss_observers"] * (1 + 1e-6) for f, r in zip(final, recon["regions"]))
+    learned = [r for r in recon["regions"] if r["status"] == "learned"]
+    assert len(learned) >= len(recon["regions"]) // 2 and all(r["loss_learned"] <= r["loss_chosen"] for r in learned)
+    roundings = {d["rounding"] for d in m["layers"].values()}
+    assert "adaround" in roundings and roundings <= {"adaround", "nearest (learning did not lower the block loss)"}
     assert m["fidelity_fakequant_vs_float"]["cosine"] >= recon["fidelity_observers_vs_float"]["cosine"] - 1e-4
     assert m["norm_placement"]["batch_norm_folded"] == 5 and m["norm_placement"]["layer_norm_float"] == 2
 
@@ -170,7 +172,8 @@ def test_nan_block_falls_back_and_the_rest_learns(calib_npy, tmp_path):
     regions = {r["name"]: r for r in m["reconstruction"]["regions"]}
     assert result["reconstruction"]["fallbacks"] == ["blocks.0"]
     assert regions["blocks.0"]["status"] == "fallback" and "non-finite" in regions["blocks.0"]["reason"]
-    assert all(r["status"] == "learned" for n, r in regions.items() if n != "blocks.0")
+    others = [r["status"] for n, r in regions.items() if n != "blocks.0"]
+    assert "learned" in others and set(others) <= {"learned", "observers"}
     layer = next(d for d in m["layers"].values() if d["block"] == "blocks.0")
     assert layer["rounding"].startswith("nearest")
     out_q = api.evaluate(out, str(data))  # the model is not poisoned: finite, close to float

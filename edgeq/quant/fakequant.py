@@ -78,7 +78,6 @@ class ActQuant(_FakeQuant):
         super().__init__()
         self.spec = spec
         self.observer = Observer(spec, channel_axis, seed=seed)
-        self.channel_axis = channel_axis
         self.qparams: QParams | None = None
         self.observing = True
         self.candidates: dict[str, Observer] = {}  # spec label -> Observer, when reconstruction chooses

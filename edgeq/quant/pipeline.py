@@ -115,6 +115,7 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
     }
     write_bundle(out, program, records, act_qparams, manifest, samples)
     summary = ({"regions": len(recon_report["regions"]), "fallbacks": recon_report["fallbacks"],
+                "kept_observers": recon_report["kept_observers"],
                 "seconds": recon_report["seconds"], "device": device} if recon_report else None)
     return {"bundle": str(out), "model": loaded.spec, "recipe": recipe.name, "reconstruction": summary,
             "quantized_layers": len(records), "float_layers": len(kept_float),
@@ -126,7 +127,9 @@ def _rounding(layer: str, report: dict | None) -> str:
     if report is None:
         return "nearest"
     region = next((r for r in report["regions"] if layer in r["layers"]), None)
-    return "adaround" if region and region["status"] == "learned" else "nearest (block fell back)"
+    status = region["status"] if region else "fallback"
+    return {"learned": "adaround", "observers": "nearest (learning did not lower the block loss)"}.get(
+        status, "nearest (block fell back)")
 
 
 def norm_placement(op_counts: dict, batchnorm_folded: int) -> dict:

@@ -81,13 +81,14 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     _store(gm, records, learners)
     gm.to("cpu")
     return {"spec": dataclasses.asdict(spec), "device": device, "regions": reports,
-            "fallbacks": [r["name"] for r in reports if r["status"] != "learned"],
+            "fallbacks": [r["name"] for r in reports if r["status"] == "fallback"],
+            "kept_observers": [r["name"] for r in reports if r["status"] == "observers"],
             "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _summary_line(i: int, total: int, report: dict) -> str:
     if report["status"] != "learned":
-        return f"  [{i + 1}/{total}] {report['name']}: fallback ({report.get('reason', '')})"
+        return f"  [{i + 1}/{total}] {report['name']}: {report['status']} ({report.get('reason', '')})"
     return (f"  [{i + 1}/{total}] {report['name']}: loss {report['loss_observers']:.4g} -> "
             f"{report['loss_learned']:.4g} ({report['seconds']} s)")
 
@@ -153,14 +154,19 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
     eval_tgt, eval_w = [t[sub] for t in targets], [g[sub] if g is not None else None for g in grads]
     report = {"name": region.name, "kinds": list(region.kinds), "layers": list(region.layers)}
     try:
-        before = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        report["loss_observers"] = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         report["choices"] = _choose_schemes(region, learners, gm, eval_in, eval_tgt, eval_w, device)
-        report["loss_observers"] = before
+        chosen = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        initial = {name: (learners.acts[name].qparams(), learners.acts[name].label) for name in region.act_quantizers}
         _train(i, region, learners, quant_cache, targets, grads, spec, seed, device)
         after = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         if not math.isfinite(after):
             raise NonFiniteLoss("the learned block's loss is not finite")
-        report.update(status="learned", loss_learned=after, iterations=spec.iterations)
+        report.update(status="learned", loss_chosen=chosen, loss_learned=after, iterations=spec.iterations)
+        if after > chosen:  # learning made it worse on the evaluation subset: keep the observer solution
+            _revert(region, learners, gm, records, initial, device)
+            report.update(status="observers", reason="learning did not lower the block loss; kept the "
+                                                     "observer ranges and round-to-nearest weights")
     except NonFiniteLoss as exc:
         _fall_back(region, learners, gm, records, device)
         report.update(status="fallback", reason=f"{exc}; kept observer-only quantization (round-to-nearest "
@@ -169,7 +175,7 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
     for name in region.layers:
         learners.weights[name].fix()
     report["seconds"] = round(time.perf_counter() - start, 2)
-    for key in ("loss_observers", "loss_learned"):
+    for key in ("loss_observers", "loss_chosen", "loss_learned"):
         if key in report and not math.isfinite(report[key]):
             report[key] = None
     return report
@@ -240,13 +246,20 @@ def _train(i: int, region: Region, learners: Learners, quant_cache, targets, gra
 
 def _fall_back(region: Region, learners: Learners, gm, records, device: str) -> None:
     """Observer-only quantization for this region: round-to-nearest weights, the observer's steps."""
-    for name in region.layers:
-        rec = records[name]
-        learners.weights[name].fix(quantize_int(learners.float_weights[name], rec.weight_qparams))
+    observed = {}
     for name in region.act_quantizers:
         module = gm.get_submodule(name)
-        step = LearnedStep(module.qparams, learners.mode, spec_label(module.spec))
-        learners.acts[name] = _swap_step(module, step.to(device))
+        observed[name] = (module.qparams, spec_label(module.spec))
+    _revert(region, learners, gm, records, observed, device)
+
+
+def _revert(region: Region, learners: Learners, gm, records, acts: dict[str, tuple[QParams, str]],
+            device: str) -> None:
+    """Round-to-nearest weights and the given (qparams, scheme label) activation steps for this region."""
+    for name in region.layers:
+        learners.weights[name].fix(quantize_int(learners.float_weights[name], records[name].weight_qparams))
+    for name, (qp, label) in acts.items():
+        learners.acts[name] = _swap_step(gm.get_submodule(name), LearnedStep(qp, learners.mode, label).to(device))
 
 
 def _act_state(step: LearnedStep) -> dict:
