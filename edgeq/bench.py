@@ -95,11 +95,13 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     artifacts["ort-minmax"] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
 
     order = ["fp32", "ort-minmax", *recipes]
-    accuracy, accuracy_torch = {}, {}
+    accuracy, accuracy_torch, agreement = {}, {}, {}
     if suite == "zoo":
         test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
+        outputs = {v: ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x) for v in order}
         for v in order:
-            accuracy[v] = top1(ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x), test.labels)
+            accuracy[v] = top1(outputs[v], test.labels)
+            agreement[v] = float((outputs[v].argmax(1) == outputs["fp32"].argmax(1)).mean())
         for v in recipes:
             accuracy_torch[v] = api.evaluate(artifacts[v]["bundle"], "zoo:test", limit=eval_limit)["top1"]
     latency = ort_cpu.measure_interleaved({v: artifacts[v]["path"] for v in order}, runs=runs, warmup=10)
@@ -111,6 +113,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
             "top1": round(top1, 4) if top1 is not None else None,
             "drop_pp": round(100 * (accuracy["fp32"] - top1), 2) if top1 is not None else None,
             "top1_torch": accuracy_torch.get(v),
+            "top1_agreement_vs_fp32": round(agreement[v], 4) if v in agreement else None,
             "onnx_minus_torch_pp": (round(100 * (top1 - accuracy_torch[v]), 2) if v in accuracy_torch else None),
             "reconstruction_iterations": artifacts[v].get("iterations"),
             "latency_ms_p50": latency[v].p50_ms, "latency_ms_p90": latency[v].p90_ms,

@@ -16,11 +16,12 @@ def num(value, fmt="{:.2f}") -> str:
 
 
 def zoo_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | variant | top-1 % (ORT) | drop pp | top-1 % (torch fake-quant) | p50 ms | "
-             "speed-up vs ORT FP32 | PTQ s | size MB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | top-1 % (ORT) | drop pp | top-1 % (torch fake-quant) | agreement with FP32 % | "
+             "p50 ms | speed-up vs ORT FP32 | PTQ s | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['variant']} | {pct(r['top1'])} | {num(r['drop_pp'])} | "
-                     f"{pct(r.get('top1_torch'))} | {num(r['latency_ms_p50'])} | "
+                     f"{pct(r.get('top1_torch'))} | {pct(r.get('top1_agreement_vs_fp32'))} | "
+                     f"{num(r['latency_ms_p50'])} | "
                      f"{num(r['speedup_vs_fp32'], '{:.2f}x')} | {num(r['ptq_seconds'], '{:.1f}')} | "
                      f"{r['artifact_bytes'] / 1e6:.1f} |")
     return lines

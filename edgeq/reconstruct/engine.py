@@ -299,24 +299,24 @@ def _store(gm: fx.GraphModule, records: dict[str, LayerQuant], learners: Learner
 
 def _output_gradients(gm: fx.GraphModule, learners: Learners, regions: list[Region], x: torch.Tensor,
                       spec: ReconSpec, device: str) -> dict[str, torch.Tensor]:
-    """Fisher weights: squared gradient of the task loss w.r.t. every region output, on the float model.
+    """Fisher weights for every region output, on the float model: (|g| + 1)², as in BRECQ's code.
 
-    The task loss is cross-entropy against the float model's own prediction (no labels needed).
+    g is the gradient of the cross-entropy against the float model's own prediction (no labels needed)
+    with respect to the output, per sample; the + 1 keeps the plain squared error as the floor, so the
+    weighting only adds emphasis where the task loss is sensitive.
     """
     wanted = {name for r in regions for name in r.outputs}
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
     learners.mode.value = "float"
     for s in _batches(len(x), spec.batch_size):
-        values = {}
-        interp = _Recorder(gm, wanted, values)
-        batch = x[s].to(device).requires_grad_(True)
-        logits = interp.run(batch)
+        values: dict[str, torch.Tensor] = {}
+        logits = _Recorder(gm, wanted, values).run(x[s].to(device).requires_grad_(True))
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         loss = torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
-        tensors = [values[n] for n in wanted if n in values and values[n].requires_grad]
         names = [n for n in wanted if n in values and values[n].requires_grad]
-        for name, g in zip(names, torch.autograd.grad(loss, tensors, allow_unused=True)):
-            grads[name].append((g.detach() ** 2).cpu() if g is not None else torch.zeros_like(values[name]).cpu())
+        for name, g in zip(names, torch.autograd.grad(loss, [values[n] for n in names], allow_unused=True)):
+            g = torch.zeros_like(values[name]) if g is None else g.detach()
+            grads[name].append(((g.abs() + 1) ** 2).cpu())
     return {name: torch.cat(parts) for name, parts in grads.items() if parts}
 
 
