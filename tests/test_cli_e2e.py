@@ -27,8 +27,9 @@ def edgeq(*args):
 def test_zoo_quantize_export_eval_profile(tmp_path):
     bundle = tmp_path / "mvit.edgeq"
     q = edgeq("quantize", "--model", "zoo:mobilevit_xxs", "--calib", "zoo", "--calib-size", "128",
-              "-o", bundle)
+              "--iters", "100", "-o", bundle)  # the default recipe (reconstruction), shortened for CI
     assert q["quantized_layers"] == 72 and q["blocks"]["bridge"] == 6
+    assert q["recipe"] == "w8a8" and q["reconstruction"]["regions"] == 13 and not q["reconstruction"]["fallbacks"]
     exported = {p: edgeq("export", bundle, "--to", "onnx", "--precision", p, "-o", tmp_path / f"{p}.onnx")
                 for p in ("int8", "fp32")}
     assert exported["int8"]["bytes"] < 0.6 * exported["fp32"]["bytes"]

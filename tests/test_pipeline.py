@@ -135,13 +135,13 @@ def test_recipe_override_keeps_layers_float(tiny_spec, calib_npy, tmp_path):
     assert record["op_counts"]["DequantizeLinear"] < 2 * 17 + 20
 
 
-def test_sub_8bit_bundle_is_not_exported_to_onnx(tiny_spec, calib_npy, tmp_path):
-    from edgeq.errors import ArtifactError
+def test_sub_8bit_observer_recipe_exports_exactly(tiny_spec, calib_npy, tmp_path):
     recipe = tmp_path / "w6.yaml"
-    recipe.write_text("edgeq_recipe: 1\nname: w6a8\nweights: {bits: 6}\n")
+    recipe.write_text("edgeq_recipe: 1\nname: w6a5\nbase: w8a8-fast\nweights: {bits: 6}\nactivations: {bits: 5}\n")
     api.quantize(tiny_spec, str(calib_npy), str(recipe), tmp_path / "w6.edgeq")
     manifest = json.loads((tmp_path / "w6.edgeq" / "manifest.json").read_text())
-    assert {d["precision"] for d in manifest["layers"].values()} == {"w6a8"}
-    with pytest.raises(ArtifactError, match="8-bit"):
-        api.export(tmp_path / "w6.edgeq", "onnx", tmp_path / "w6.onnx")
-    assert not (tmp_path / "w6.onnx").exists()
+    assert {d["precision"] for d in manifest["layers"].values()} == {"w6a5"}
+    assert manifest["reconstruction"] is None
+    record = api.export(tmp_path / "w6.edgeq", "onnx", tmp_path / "w6.onnx")
+    assert record["layer_precisions"] == {"w6a5": 17}
+    assert record["fidelity_vs_torch"]["cosine"] > 0.9999
