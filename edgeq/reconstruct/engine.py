@@ -9,7 +9,8 @@ For every region in execution order (BRECQ):
      AdaRound's regulariser annealed from ``beta_start`` to ``beta_end`` after the warm-up;
   4. the hard decisions are frozen, and the state is saved for ``--resume``.
 A region whose loss turns NaN/Inf falls back to observer-only quantization (round-to-nearest weights,
-observer steps) and the report says why. CPU runs are deterministic for a given seed.
+observer steps) and the report says why; one where learning does not lower the loss on the evaluation
+subset keeps the observer solution too. CPU runs are deterministic for a given seed.
 """
 from __future__ import annotations
 
