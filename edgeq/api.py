@@ -51,11 +51,10 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
 def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob):
     import dataclasses
 
-    from .envinfo import int8_dot_saturates
     from .errors import RecipeError
-    from .quant.recipe import CalibSpec, load_recipe, resolve_reduce_range
+    from .quant.recipe import CalibSpec, load_recipe
 
-    rec = resolve_reduce_range(load_recipe(recipe), int8_dot_saturates())
+    rec = load_recipe(recipe)
     if (calib_size is not None and calib_size <= 0) or (batch_size is not None and batch_size <= 0):
         raise CalibrationError("--calib-size and --batch-size must be positive.")
     if calib_size is not None or batch_size is not None:

@@ -47,7 +47,7 @@ def evaluate_bundle(path: str | Path, data: str, limit: int | None = None) -> di
     bundle = read_bundle(path)
     dataset = load_data(data, InputSpec.from_dict(bundle.manifest["input"]), limit=limit,
                         default_split="test", what="evaluation")
-    batch = 64 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
+    batch = _graph_batch(bundle)
     start = time.perf_counter()
     outputs = run_graph(quantized_graph(bundle), dataset.x, batch)
     seconds = time.perf_counter() - start
@@ -56,6 +56,10 @@ def evaluate_bundle(path: str | Path, data: str, limit: int | None = None) -> di
               "seconds": round(seconds, 2)}
     ref = run_graph(float_graph(bundle), dataset.x, batch), f"torch float model of {path}"
     return _scores(result, path, outputs, dataset, ref)
+
+
+def _graph_batch(bundle) -> int:
+    return 64 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
 
 
 def _scores(result: dict, artifact, outputs: np.ndarray, dataset, ref: tuple | None) -> dict:
@@ -82,6 +86,5 @@ def _reference_outputs(record: dict, x: np.ndarray, reference: str | None, threa
     bundle_path = record.get("bundle")
     if bundle_path and Path(bundle_path).is_dir():
         bundle = read_bundle(bundle_path)
-        batch = 64 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
-        return run_graph(float_graph(bundle), x, batch), f"torch float model of {bundle_path}"
+        return run_graph(float_graph(bundle), x, _graph_batch(bundle)), f"torch float model of {bundle_path}"
     return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ..trace.blocks import BlockMap
+from ..trace.blocks import BlockMap, conv_groups
 from ..trace.graphutil import get_attr, node_by_name, set_param
 from .observers import Observer, QParams, observe_weight
 from .recipe import LayerSpec, Recipe
@@ -174,17 +174,16 @@ def insert_quantizers(gm: fx.GraphModule, plan: dict, seed: int = 0) -> dict[str
                 shared[key] = gm.graph.call_module(module_name, (x,))
         node.replace_input_with(x, shared[key])
         records[node.name] = LayerQuant(node.name, wspec, aspec, shared[key].target, w.target,
-                                        consumer_op=_consumer_op(gm, node))
+                                        consumer_op=_consumer_op(node))
     gm.graph.lint()
     gm.recompile()
     return records
 
 
-def _consumer_op(gm: fx.GraphModule, node: fx.Node) -> str:
+def _consumer_op(node: fx.Node) -> str:
     if node.target != torch.ops.aten.conv2d.default:
         return "linear"
-    groups = node.args[6] if len(node.args) > 6 else 1
-    return "dwconv" if groups > 1 else "conv"
+    return "dwconv" if conv_groups(node) > 1 else "conv"
 
 
 def finalize_weights(gm: fx.GraphModule, records: dict[str, LayerQuant]) -> None:
@@ -258,7 +257,7 @@ def round_biases(gm: fx.GraphModule, records: dict[str, LayerQuant]) -> None:
 
 
 def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choose_granularity: bool,
-                       choose_scheme: bool, seed: int = 0) -> int:
+                       choose_scheme: bool, seed: int = 0) -> None:
     """Give activation quantizers alternative schemes to be chosen later by the block output error.
 
     Symmetric vs asymmetric for every one; per-channel vs per-tensor where every consumer is a
@@ -279,7 +278,6 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
         if specs:
             module.add_candidates(specs, channel_axis=1, seed=seed + count)
             count += 1
-    return count
 
 
 def freeze_activations(gm: fx.GraphModule) -> dict[str, QParams]:

@@ -13,14 +13,14 @@ import torch
 from .. import ui
 from ..bundle import write_bundle
 from ..data import Dataset
-from ..envinfo import machine, package_versions
+from ..envinfo import int8_dot_saturates, machine, package_versions
 from ..metrics import compare
 from ..models.intake import LoadedModel
 from ..trace.blocks import build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
 from .fakequant import ActQuant, add_act_candidates, finalize_weights, freeze_activations, insert_quantizers, \
     plan_layers
-from .recipe import Recipe
+from .recipe import Recipe, resolve_reduce_range
 
 FIDELITY_SAMPLES = 32
 
@@ -43,6 +43,7 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
                    device: str = "cpu", state=None) -> dict:
     """``state`` (a ResumeState) makes block reconstruction save after every region and resume from it."""
     start = time.perf_counter()
+    recipe = resolve_reduce_range(recipe, int8_dot_saturates())  # recorded resolved in the manifest
     torch.manual_seed(seed)
     with ui.status(f"capturing {loaded.spec} with torch.export"):
         exported = capture(loaded)

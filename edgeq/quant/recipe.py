@@ -251,15 +251,18 @@ def recipe_from_dict(data, where: str = "recipe") -> Recipe:
     overrides = tuple(_override(o, weights, activations, f"{where}: overrides[{i}]")
                       for i, o in enumerate(data.get("overrides") or []))
     calib = _calib_spec(data.get("calibration"), base.calibration, f"{where}: calibration")
-    recon = _recon_spec(data.get("reconstruction", "base"), base.reconstruction, f"{where}: reconstruction")
+    recon = _recon_spec(data.get("reconstruction", _INHERIT), base.reconstruction, f"{where}: reconstruction")
     return Recipe(name=str(data.get("name", "custom")), description=str(data.get("description", "")),
                   weights=weights, activations=activations, overrides=overrides, calibration=calib,
                   reconstruction=recon)
 
 
+_INHERIT = object()  # no reconstruction key: take the base recipe's
+
+
 def _recon_spec(data, default: ReconSpec | None, where: str) -> ReconSpec | None:
     """``reconstruction: false`` turns it off; a mapping overrides the base recipe's (or the defaults)."""
-    if data == "base":
+    if data is _INHERIT:
         return default
     if data is False or data is None:
         return None

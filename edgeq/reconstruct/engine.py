@@ -44,7 +44,6 @@ class Learners:
     mode: Mode
     weights: dict[str, AdaRound]       # layer -> AdaRound
     acts: dict[str, LearnedStep]       # ActQuant module name -> LSQ step
-    float_weights: dict[str, torch.Tensor]
 
 
 def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x: np.ndarray,
@@ -97,10 +96,9 @@ def _summary_line(i: int, total: int, report: dict) -> str:
 def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec) -> Learners:
     """Plug an AdaRound into every WeightQuant and an LSQ step into every ActQuant (not as submodules)."""
     mode = Mode(spec.drop_prob)
-    weights, floats = {}, {}
+    weights = {}
     for name, rec in records.items():
         wq = gm.get_submodule(f"edgeq_weight_{name}")
-        floats[name] = rec.float_weight
         weights[name] = AdaRound(rec.float_weight, rec.weight_qparams, mode)
         object.__setattr__(wq, "learner", weights[name])
     acts = {}
@@ -108,7 +106,7 @@ def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec)
         if isinstance(module, ActQuant):
             acts[name] = LearnedStep(module.qparams, mode, spec_label(module.spec))
             object.__setattr__(module, "learner", acts[name])
-    return Learners(mode, weights, acts, floats)
+    return Learners(mode, weights, acts)
 
 
 def _batches(n: int, batch_size: int):
@@ -258,7 +256,8 @@ def _revert(region: Region, learners: Learners, gm, records, acts: dict[str, tup
             device: str) -> None:
     """Round-to-nearest weights and the given (qparams, scheme label) activation steps for this region."""
     for name in region.layers:
-        learners.weights[name].fix(quantize_int(learners.float_weights[name], records[name].weight_qparams))
+        rounding = learners.weights[name]
+        rounding.fix(quantize_int(rounding.float_weight, records[name].weight_qparams))
     for name, (qp, label) in acts.items():
         learners.acts[name] = _swap_step(gm.get_submodule(name), LearnedStep(qp, learners.mode, label).to(device))
 

@@ -122,7 +122,7 @@ def _layer(gm: fx.GraphModule, node: fx.Node) -> Layer:
     out = node.meta["val"]
     op = LAYER_OPS[node.target]
     if op == "conv":
-        groups = node.args[6] if len(node.args) > 6 else 1
+        groups = conv_groups(node)
         if groups > 1 and weight.shape[1] == 1:  # one input channel per group
             op = "dwconv"
         macs = _per_sample(out) * weight[0].numel()
@@ -131,6 +131,10 @@ def _layer(gm: fx.GraphModule, node: fx.Node) -> Layer:
     bias = _tensor(gm, node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
     params = weight.numel() + (bias.numel() if bias is not None else 0)
     return Layer(node.name, module_path(node), op, tuple(weight.shape), int(params), int(macs))
+
+
+def conv_groups(node: fx.Node) -> int:
+    return node.args[6] if len(node.args) > 6 else 1
 
 
 def _per_sample(t: torch.Tensor) -> int:
