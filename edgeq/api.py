@@ -15,21 +15,36 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              input_shape: str | tuple | None = None, trust_pickle: bool = False, seed: int = 0,
              calib_size: int | None = None, batch_size: int | None = None, iters: int | None = None,
              weight_lr: float | None = None, act_lr: float | None = None, drop_prob: float | None = None,
-             device: str = "cpu", resume: bool = False, force: bool = False) -> dict:
+             device: str = "cpu", resume: bool = False, force: bool = False,
+             max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
+             eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None) -> dict:
     """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``.
 
     Recipes with block reconstruction take ``iters``, ``batch_size``, ``weight_lr``, ``act_lr`` and
     ``drop_prob`` overrides, run on ``device`` and save their state after every block, so that a killed
     run continues with ``resume=True`` and ends with the same result.
+
+    Fallback: ``max_drop`` (pp of top-1 on labelled ``eval_data``) or ``min_cosine`` (output cosine vs
+    float on ``eval_data`` or the calibration data) reverts the most sensitive units to float until the
+    budget holds; ``latency_search`` (default: the recipe's, on for w8a8) keeps in float whatever is not
+    faster in int8 on ``target``. A budget that cannot be met raises BudgetError after writing the best
+    model found to ``best_effort_path(out)``.
     """
     from .data import load_data
     from .models.intake import load_model, parse_input_shape
+    from .fallback.run import FallbackRun, best_effort_path
     from .quant.pipeline import quantize_model
     from .trace.capture import check_input_shape
+
+    from .profile.targets import get_target
 
     out = check_output(out, force, is_dir=True)
     rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob)
     device = check_device(device)
+    budget = _check_budget(max_drop, min_cosine, eval_data, eval_size)
+    get_target(target)
+    if budget is not None:
+        check_output(best_effort_path(out), force, is_dir=True)
     state_dir = _check_resume(out, rec, resume, force)
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     loaded = load_model(model, weights, num_classes, in_chans, shape, trust_pickle)
@@ -42,10 +57,49 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
                                    f"batch ({rec.reconstruction.batch_size}); give more data or a smaller "
                                    f"--batch-size.")
         state = _resume_state(state_dir, loaded, rec, data, seed, resume)
-    result = quantize_model(loaded, data, rec, out, seed, device, state)
+    fallback = FallbackRun(budget, _eval_set(eval_data, eval_size, budget, loaded), target, latency_search)
+    result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
     return result
+
+
+def _check_budget(max_drop, min_cosine, eval_data, eval_size):
+    from .errors import CalibrationError
+    from .fallback.budget import Budget
+
+    if eval_size <= 0:
+        raise CalibrationError("--eval-size must be positive.")
+    if max_drop is not None and min_cosine is not None:
+        raise CalibrationError("give either --max-drop or --min-cosine, not both.")
+    if max_drop is not None:
+        if not max_drop >= 0:
+            raise CalibrationError(f"--max-drop is a top-1 drop in percentage points and cannot be negative "
+                                   f"(got {max_drop}).")
+        if eval_data is None:
+            raise CalibrationError("--max-drop needs labelled evaluation data: add --eval DATA "
+                                   "(e.g. --eval zoo:test, an image folder with class subfolders, or x/y .npz).")
+        return Budget(max_drop=float(max_drop))
+    if min_cosine is not None:
+        if not -1.0 <= min_cosine <= 1.0:
+            raise CalibrationError(f"--min-cosine must be between -1 and 1 (got {min_cosine}).")
+        return Budget(min_cosine=float(min_cosine))
+    if eval_data is not None:
+        raise CalibrationError("--eval is used by an accuracy budget: add --max-drop PP or --min-cosine C.")
+    return None
+
+
+def _eval_set(eval_data, eval_size, budget, loaded):
+    from .data import load_data
+    from .errors import CalibrationError
+
+    if eval_data is None:
+        return None
+    data = load_data(eval_data, loaded.input_spec, limit=eval_size, default_split="test", what="evaluation")
+    if budget.max_drop is not None and data.labels is None:
+        raise CalibrationError(f"--max-drop needs labels, and the evaluation data {eval_data} has none; "
+                               f"use --min-cosine for unlabelled data.")
+    return data
 
 
 def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob):
@@ -190,7 +244,7 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     """ONNX Runtime CPU latency of one artifact (warm-up, then p50/p90/p99 over ``runs``)."""
     from .envinfo import machine, package_versions
     from .export.onnx import read_artifact
-    from .profile.ort_cpu import measure_interleaved
+    from .profile.latency import measure_interleaved
 
     if runs <= 0 or warmup < 0 or threads <= 0 or batch <= 0:
         raise ArtifactError("--runs, --threads and --batch must be positive and --warmup not negative.")

@@ -7,7 +7,7 @@ from pathlib import Path
 from . import api
 from .envinfo import machine, package_versions
 from .fsutil import atomic_path, check_output
-from .profile.ort_cpu import measure_interleaved
+from .profile.latency import measure_interleaved
 from .quant.recipe import DEFAULT_RECIPE
 
 

@@ -45,3 +45,7 @@ class TraceError(EdgeqError):
 
 class DeviceError(EdgeqError):
     """The requested compute device does not exist on this machine."""
+
+
+class BudgetError(EdgeqError):
+    """The accuracy budget cannot be met (the best model found is kept under another name)."""

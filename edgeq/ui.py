@@ -55,3 +55,14 @@ def log(message: str) -> None:
     """One line on stderr for long stages (kept in logs when not on a terminal); silent in --json mode."""
     if _ENABLED:
         print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet():
+    """No progress or log lines inside (nested stages that would fight the outer display)."""
+    global _ENABLED
+    before, _ENABLED = _ENABLED, False
+    try:
+        yield
+    finally:
+        _ENABLED = before

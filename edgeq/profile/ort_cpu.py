@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,54 +43,36 @@ def run(sess, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(outs)
 
 
-@dataclass(frozen=True)
-class Measurement:
-    target: str
-    batch: int
-    threads: int
-    runs: int
-    warmup: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class LatencyProbe:
     """One loaded model and an input; ``step()`` times one inference (used to interleave models)."""
+
+    target = "ort-cpu"
 
     def __init__(self, path: str | Path, batch: int = 1, threads: int = 2, seed: int = 0):
         self.path = str(path)
         self.threads = threads
+        self.batch = batch
         self.sess = session(path, threads)
         self.name, shape = input_info(self.sess)
-        dims = [batch if i == 0 else (d if isinstance(d, int) else 1) for i, d in enumerate(shape)]
-        if isinstance(shape[0], int) and shape[0] != batch:
-            raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
-        self.x = np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
-        self.batch = batch
+        self.x = random_input(path, shape, batch, seed)
         self.times: list[float] = []
+
+    def infer(self) -> None:
+        self.sess.run(None, {self.name: self.x})
 
     def step(self) -> None:
         start = time.perf_counter()
-        self.sess.run(None, {self.name: self.x})
+        self.infer()
         self.times.append((time.perf_counter() - start) * 1000.0)
 
-    def measurement(self, warmup: int) -> Measurement:
-        t = np.array(self.times[warmup:]) if len(self.times) > warmup else np.array(self.times)
-        return Measurement("ort-cpu", self.batch, self.threads, len(t), warmup,
-                           round(float(np.percentile(t, 50)), 4), round(float(np.percentile(t, 90)), 4),
-                           round(float(np.percentile(t, 99)), 4), round(float(t.mean()), 4))
+    def measurement(self, warmup: int):
+        from .latency import Measurement
+        return Measurement.from_times(self.target, self.batch, self.threads, self.times, warmup)
 
 
-def measure_interleaved(paths: dict[str, str | Path], runs: int = 100, warmup: int = 10,
-                        batch: int = 1, threads: int = 2) -> dict[str, Measurement]:
-    """Latency of several models measured round-robin, so machine noise hits all of them alike."""
-    probes = {key: LatencyProbe(p, batch, threads) for key, p in paths.items()}
-    for _ in range(warmup + runs):
-        for probe in probes.values():
-            probe.step()
-    return {key: probe.measurement(warmup) for key, probe in probes.items()}
+def random_input(path, shape: list, batch: int, seed: int) -> np.ndarray:
+    """A fixed random input of the model's shape at ``batch`` (refused when the batch axis is fixed)."""
+    if isinstance(shape[0], int) and shape[0] != batch:
+        raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
+    dims = [batch if i == 0 else (d if isinstance(d, int) else 1) for i, d in enumerate(shape)]
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)

@@ -38,6 +38,7 @@ class _FakeQuant(torch.nn.Module):
 
     learner = None
     clamp_narrow = True
+    bypass = False   # set by fallback while it tries a unit in float
 
     def set_qparams(self, qp: QParams) -> None:
         self.qparams = qp
@@ -83,6 +84,8 @@ class ActQuant(_FakeQuant):
         self.candidates: dict[str, Observer] = {}  # spec label -> Observer, when reconstruction chooses
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return x
         if self.learner is not None:
             return self.learner(x)
         if self.observing:
@@ -119,6 +122,8 @@ class WeightQuant(_FakeQuant):
         self.set_qparams(qparams)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return w
         if self.learner is not None:
             return self.learner(w)
         return self.quantize(w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from ..data import Dataset
 from ..envinfo import int8_dot_saturates, machine, package_versions
 from ..metrics import compare
 from ..models.intake import LoadedModel
-from ..trace.blocks import build_block_map
+from ..trace.blocks import BlockMap, build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
 from .fakequant import ActQuant, add_act_candidates, finalize_weights, freeze_activations, insert_quantizers, \
     plan_layers
@@ -39,9 +39,64 @@ def serialize_program(exported: torch.export.ExportedProgram) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass
+class Quantized:
+    """The quantize stage's working state, before fallback decisions and the bundle write."""
+
+    loaded: LoadedModel
+    recipe: Recipe
+    program: bytes
+    exported: torch.export.ExportedProgram
+    dynamic: bool
+    batch_size: int
+    gm: torch.fx.GraphModule
+    block_map: BlockMap
+    records: dict
+    kept_float: dict
+    folded: list
+    samples: np.ndarray
+    float_out: np.ndarray
+    fidelity: dict
+    recon_report: dict | None
+    outlier_stats: dict
+    seconds: float = 0.0
+
+    def act_qparams(self) -> dict:
+        return {name: m.qparams for name, m in self.gm.named_children() if isinstance(m, ActQuant)}
+
+    def float_graph(self) -> torch.fx.GraphModule:
+        gm = to_graph_module(self.exported)
+        fold_batchnorm(gm)
+        return gm
+
+
 def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path, seed: int,
-                   device: str = "cpu", state=None) -> dict:
-    """``state`` (a ResumeState) makes block reconstruction save after every region and resume from it."""
+                   device: str = "cpu", state=None, fallback=None) -> dict:
+    """``state`` (a ResumeState) makes block reconstruction save after every region and resume from it;
+    ``fallback`` (FallbackRun) adds accuracy-budget and latency decisions before the bundle is written."""
+    from ..errors import BudgetError
+    from ..fallback.run import FallbackRun, best_effort_path
+    q = build_quantized(loaded, data, recipe, seed, device, state)
+    decisions = (fallback or FallbackRun()).apply(q, data, out)
+    if decisions.budget_met is False:
+        best = best_effort_path(out)
+        write_quantized(q, best, seed, data, device, decisions)
+        budget = decisions.report["budget"]
+        final = budget.get("after_placement") or budget["final"]
+        raise BudgetError(f"the accuracy budget ({budget['budget']}) cannot be met: with "
+                          f"{len(decisions.reverted_units)} of {decisions.report['units']} units in float the "
+                          f"model still has {_fmt_metric(final)}; the best model found is in {best}, "
+                          f"and {out} was not written.")
+    return write_quantized(q, out, seed, data, device, decisions)
+
+
+def _fmt_metric(m: dict) -> str:
+    return (f"a top-1 drop of {m['top1_drop_pp']} pp" if "top1_drop_pp" in m else f"an output cosine of {m['cosine']}")
+
+
+def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: int, device: str = "cpu",
+                    state=None) -> Quantized:
+    from ..fallback import outliers
     start = time.perf_counter()
     recipe = resolve_reduce_range(recipe, int8_dot_saturates())  # recorded resolved in the manifest
     torch.manual_seed(seed)
@@ -61,10 +116,13 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
     recon = recipe.reconstruction
     if recon is not None:
         add_act_candidates(gm, records, recon.choose_granularity, recon.choose_scheme, seed)
+    stats, hooks = outliers.attach(gm) if recipe.fallback.outliers else ({}, [])
     with torch.no_grad():
         for batch in ui.track(list(data.batches(batch_size)), "calibrating"):
             gm(torch.from_numpy(batch))
-    act_qparams = freeze_activations(gm)
+    for hook in hooks:
+        hook.remove()
+    freeze_activations(gm)
     finalize_weights(gm, records)
     fidelity = compare(float_out, run_graph(gm, samples, batch_size))
     recon_report = None
@@ -76,52 +134,64 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
         ui.log(f"reconstructing {len(records)} layers block by block ({recon.iterations} iterations each)")
         recon_report = reconstruct(gm, records, block_map, data.x, recon, seed, device, state)
         recon_report["fidelity_observers_vs_float"] = fidelity_observers
-        act_qparams = {name: m.qparams for name, m in gm.named_children() if isinstance(m, ActQuant)}
         fidelity = compare(float_out, run_graph(gm, samples, batch_size))
-    ptq_seconds = time.perf_counter() - start
+    return Quantized(loaded, recipe, program, exported, dynamic, batch_size, gm, block_map, records, kept_float,
+                     folded, samples, float_out, fidelity, recon_report,
+                     outliers.detect(stats, recipe.fallback.outlier_ratio), time.perf_counter() - start)
 
+
+def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: str, decisions) -> dict:
+    """Write the bundle with the fallback ``decisions`` (a FallbackResult) applied."""
+    from ..fallback.units import drop_units
+    records, act_qparams = drop_units(q.float_graph(), q.records, q.act_qparams(), decisions.reverted_units)
+    reverted_layers = {layer: reason for unit, reason in decisions.reverted_units.items()
+                       for layer in q.records if q.records[layer].act_module == unit}
+    ptq_seconds = q.seconds + decisions.seconds
     layers = {}
-    for name, layer in block_map.layers.items():
+    for name, layer in q.block_map.layers.items():
+        base = {"block": layer.block, "module": layer.module, "op": layer.op}
         if name in records:
             rec = records[name]
-            layers[name] = {"quantized": True,
-                            "precision": f"w{rec.weight_spec.bits}a{rec.act_spec.bits}",
-                            "reason": f"recipe {recipe.name}", "rounding": _rounding(name, recon_report),
-                            "block": layer.block, "module": layer.module,
-                            "op": layer.op, "act_quantizer": rec.act_module,
+            layers[name] = {"quantized": True, "precision": f"w{rec.weight_spec.bits}a{rec.act_spec.bits}",
+                            "reason": f"recipe {q.recipe.name}", "rounding": _rounding(name, q.recon_report),
+                            **base, "act_quantizer": rec.act_module,
                             "weight_spec": asdict(rec.weight_spec), "act_spec": asdict(rec.act_spec)}
         else:
-            layers[name] = {"quantized": False, "precision": "fp32", "reason": kept_float[name], "block": layer.block,
-                            "module": layer.module, "op": layer.op}
+            reason = reverted_layers.get(name) or q.kept_float[name]
+            layers[name] = {"quantized": False, "precision": "fp32", "reason": reason, **base}
     act_summary = {name: {**m.observer.summary(), "scale": float(m.qparams.scale.max()),
                           "zero_point": int(m.qparams.zero_point.max())}
-                   for name, m in gm.named_children() if hasattr(m, "observer")}
+                   for name, m in q.gm.named_children() if hasattr(m, "observer")}
     manifest = {
-        "model": loaded.describe(),
-        "input": loaded.input_spec.to_dict(),
-        "dynamic_batch": dynamic,
-        "recipe": recipe.to_dict(),
+        "model": q.loaded.describe(),
+        "input": q.loaded.input_spec.to_dict(),
+        "dynamic_batch": q.dynamic,
+        "recipe": q.recipe.to_dict(),
         "seed": seed,
-        "calibration": {**data.summary(), "batch_size": batch_size, "observers": act_summary},
-        "trace": {"batchnorm_folded": len(folded), "block_kinds": block_map.kinds(),
-                  "params": block_map.total_params, "macs": block_map.total_macs},
+        "calibration": {**data.summary(), "batch_size": q.batch_size, "observers": act_summary},
+        "trace": {"batchnorm_folded": len(q.folded), "block_kinds": q.block_map.kinds(),
+                  "params": q.block_map.total_params, "macs": q.block_map.total_macs},
         "layers": layers,
-        "block_map": block_map.to_dict(),
-        "fidelity_fakequant_vs_float": fidelity,
-        "reconstruction": recon_report,
-        "norm_placement": norm_placement(block_map.op_counts, len(folded)),
+        "block_map": q.block_map.to_dict(),
+        "fidelity_fakequant_vs_float": decisions.fidelity or q.fidelity,
+        "reconstruction": q.recon_report,
+        "fallback": decisions.report,
+        "norm_placement": norm_placement(q.block_map.op_counts, len(q.folded)),
         "ptq_seconds": round(ptq_seconds, 2),
+        "quantize_seconds": round(q.seconds, 2),
+        "fallback_seconds": round(decisions.seconds, 2),
         "versions": package_versions(),
         "machine": machine(),
     }
-    write_bundle(out, program, records, act_qparams, manifest, samples)
-    summary = ({"regions": len(recon_report["regions"]), "fallbacks": recon_report["fallbacks"],
-                "kept_observers": recon_report["kept_observers"],
-                "seconds": recon_report["seconds"], "device": device} if recon_report else None)
-    return {"bundle": str(out), "model": loaded.spec, "recipe": recipe.name, "reconstruction": summary,
-            "quantized_layers": len(records), "float_layers": len(kept_float),
-            "batchnorm_folded": len(folded), "blocks": block_map.kinds(),
-            "fidelity_fakequant_vs_float": fidelity, "ptq_seconds": round(ptq_seconds, 2)}
+    write_bundle(out, q.program, records, act_qparams, manifest, q.samples)
+    report = q.recon_report
+    summary = ({"regions": len(report["regions"]), "fallbacks": report["fallbacks"],
+                "kept_observers": report["kept_observers"], "seconds": report["seconds"], "device": device}
+               if report else None)
+    return {"bundle": str(out), "model": q.loaded.spec, "recipe": q.recipe.name, "reconstruction": summary,
+            "quantized_layers": len(records), "float_layers": len(layers) - len(records),
+            "fallback": decisions.summary(), "batchnorm_folded": len(q.folded), "blocks": q.block_map.kinds(),
+            "fidelity_fakequant_vs_float": decisions.fidelity or q.fidelity, "ptq_seconds": round(ptq_seconds, 2)}
 
 
 def _rounding(layer: str, report: dict | None) -> str:

@@ -130,6 +130,23 @@ class ReconSpec:
 
 
 @dataclass(frozen=True)
+class FallbackSpec:
+    """What may go back to float after quantization (accuracy budgets are given per run, not here)."""
+
+    latency_search: bool = False     # time int8 vs float placements on the target; keep what is faster
+    outliers: bool = True            # activations with outlier channel blocks stay in float
+    outlier_ratio: float = 64.0      # largest / median channel-block max |x| above which a tensor is an outlier
+
+    def validate(self, where: str) -> "FallbackSpec":
+        for key in ("latency_search", "outliers"):
+            if not isinstance(getattr(self, key), bool):
+                raise RecipeError(f"{where}: {key} must be true or false.")
+        if not isinstance(self.outlier_ratio, (int, float)) or not self.outlier_ratio > 1:
+            raise RecipeError(f"{where}: outlier_ratio must be a number above 1, got {self.outlier_ratio!r}.")
+        return self
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     weights: LayerSpec
@@ -137,6 +154,7 @@ class Recipe:
     overrides: tuple[Override, ...] = ()
     calibration: CalibSpec = field(default_factory=CalibSpec)
     reconstruction: ReconSpec | None = None
+    fallback: FallbackSpec = field(default_factory=FallbackSpec)
     description: str = ""
     format: int = RECIPE_FORMAT
 
@@ -180,8 +198,9 @@ BUILTIN = {
         name="w8a8",
         description="Block reconstruction (AdaRound weights, LSQ activation steps, QDrop, bridge blocks "
                     "learned jointly): per-channel symmetric int8 weights (7-bit range where int8 dot products "
-                    "saturate, i.e. x86 without VNNI), uint8/int8 activations chosen per block. The default.",
-        weights=_W8, activations=_A8, reconstruction=ReconSpec(),
+                    "saturate, i.e. x86 without VNNI), uint8/int8 activations chosen per block; units whose int8 form is not faster on the target (timed) "
+                    "stay in float. The default.",
+        weights=_W8, activations=_A8, reconstruction=ReconSpec(), fallback=FallbackSpec(latency_search=True),
     ),
     "w6a6": Recipe(
         name="w6a6",
@@ -202,6 +221,7 @@ BUILTIN = {
                     "per-tensor asymmetric uint8 activations (MSE-searched ranges).",
         weights=LayerSpec(bits=8, granularity="per_channel", symmetric=True, observer="mse"),
         activations=LayerSpec(bits=8, granularity="per_tensor", symmetric=False, observer="mse"),
+        fallback=FallbackSpec(outliers=False),
     ),
     "w8a8-minmax": Recipe(
         name="w8a8-minmax",
@@ -209,6 +229,7 @@ BUILTIN = {
                     "the textbook baseline, kept for comparison.",
         weights=LayerSpec(bits=8, granularity="per_channel", symmetric=True, observer="minmax"),
         activations=LayerSpec(bits=8, granularity="per_tensor", symmetric=False, observer="minmax"),
+        fallback=FallbackSpec(outliers=False),
     ),
 }
 DEFAULT_RECIPE = "w8a8"
@@ -245,16 +266,26 @@ def recipe_from_dict(data, where: str = "recipe") -> Recipe:
     if base is None:
         raise RecipeError(f"{where}: base must name a built-in recipe ({', '.join(BUILTIN)}).")
     _reject_unknown(data, {"name", "description", "weights", "activations", "overrides", "calibration",
-                           "reconstruction"}, where)
+                           "reconstruction", "fallback"}, where)
     weights = _layer_spec(data.get("weights"), base.weights, f"{where}: weights")
     activations = _layer_spec(data.get("activations"), base.activations, f"{where}: activations")
     overrides = tuple(_override(o, weights, activations, f"{where}: overrides[{i}]")
                       for i, o in enumerate(data.get("overrides") or []))
     calib = _calib_spec(data.get("calibration"), base.calibration, f"{where}: calibration")
     recon = _recon_spec(data.get("reconstruction", _INHERIT), base.reconstruction, f"{where}: reconstruction")
+    fallback = _fallback_spec(data.get("fallback"), base.fallback, f"{where}: fallback")
     return Recipe(name=str(data.get("name", "custom")), description=str(data.get("description", "")),
                   weights=weights, activations=activations, overrides=overrides, calibration=calib,
-                  reconstruction=recon)
+                  reconstruction=recon, fallback=fallback)
+
+
+def _fallback_spec(data, default: FallbackSpec, where: str) -> FallbackSpec:
+    if data is None:
+        return default
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where} must be a mapping.")
+    _reject_unknown(data, {f.name for f in dataclasses.fields(FallbackSpec)}, where)
+    return dataclasses.replace(default, **data).validate(where)
 
 
 _INHERIT = object()  # no reconstruction key: take the base recipe's

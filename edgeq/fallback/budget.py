@@ -1,0 +1,81 @@
+"""Accuracy-budget fallback: revert the most sensitive units to float until the budget holds.
+
+Budgets: ``max_drop`` (top-1 drop in percentage points on labelled evaluation data) or
+``min_cosine`` (mean output cosine against the float model, for unlabelled data). Each step tries
+the CANDIDATES most promising remaining units (ranked by their only-quantized SQNR at the start,
+then by what each try measured), reverts the one that helps most, and re-ranks. An all-float model is
+not a quantization result: when the budget needs every unit in float, the search says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..metrics import cosine, top1
+from .sensitivity import Probe
+from .units import FloatSwitch, Unit
+
+CANDIDATES = 4
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_drop: float | None = None      # percentage points
+    min_cosine: float | None = None
+
+    def describe(self) -> str:
+        return f"top-1 drop ≤ {self.max_drop} pp" if self.max_drop is not None else f"cosine ≥ {self.min_cosine}"
+
+
+class BudgetMetric:
+    """Scores the current graph against the budget; larger ``key`` is better."""
+
+    def __init__(self, budget: Budget, probe: Probe):
+        self.budget, self.probe = budget, probe
+        self.float_top1 = top1(probe.float_out, probe.labels) if probe.labels is not None else None
+
+    def measure(self, gm) -> dict:
+        out = self.probe.outputs(gm)
+        result = {"cosine": round(cosine(self.probe.float_out, out), 6)}
+        if self.float_top1 is not None:
+            result["top1_drop_pp"] = round(100 * (self.float_top1 - top1(out, self.probe.labels)), 3)
+        return result
+
+    def holds(self, m: dict) -> bool:
+        if self.budget.max_drop is not None:
+            return m["top1_drop_pp"] <= self.budget.max_drop
+        return m["cosine"] >= self.budget.min_cosine
+
+    def key(self, m: dict) -> tuple:
+        return (-m.get("top1_drop_pp", 0.0), m["cosine"])
+
+
+def search(gm, switch: FloatSwitch, units: list[Unit], metric: BudgetMetric, ranking: list[str]) -> dict:
+    """Reverts units in ``switch`` (left reverted) and returns the decisions and the final measurement."""
+    order = {name: i for i, name in enumerate(ranking)}
+    remaining = sorted(units, key=lambda u: order.get(u.name, len(order)))
+    current = metric.measure(gm)
+    steps = []
+    start = current
+    while not metric.holds(current) and len(remaining) > 1:
+        tried = []
+        for unit in remaining[:CANDIDATES]:
+            with switch.floating([unit]):
+                tried.append((metric.measure(gm), unit))
+        result, unit = max(tried, key=lambda t: metric.key(t[0]))
+        switch.set_float(unit, True)
+        steps.append({**unit.to_dict(), "before": current, "after": result,
+                      "reason": f"accuracy budget ({metric.budget.describe()}): most helpful of "
+                                f"{len(tried)} candidates"})
+        current = result
+        tried_order = {u.name: -i for i, (_, u) in enumerate(sorted(tried, key=lambda t: metric.key(t[0]),
+                                                                     reverse=True))}
+        remaining = [u for u in remaining if u.name != unit.name]
+        remaining.sort(key=lambda u: (0, -tried_order[u.name]) if u.name in tried_order
+                       else (1, order.get(u.name, len(order))))
+    met = metric.holds(current)
+    return {"budget": metric.budget.describe(), "met": met, "start": start, "final": current,
+            "reverted": steps, "quantized_units_left": len(remaining),
+            "metric_resolution_pp": (round(100 / len(metric.probe.x), 3) if metric.probe.labels is not None
+                                     else None)}
+
+

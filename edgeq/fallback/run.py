@@ -1,0 +1,173 @@
+"""The fallback stage: outlier blocks, accuracy budget, then latency-aware placement, in that order.
+
+Each stage reverts units to float in the fake-quant graph (so later stages see earlier decisions) and
+records why; ``write_quantized`` then writes the bundle without the reverted units.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import ui
+from ..data import Dataset
+from ..metrics import compare
+from ..profile.targets import DEFAULT_TARGET
+from . import budget as budget_search
+from . import placement, sensitivity
+from .outliers import BLOCK
+from .units import FloatSwitch, Unit, build_units, drop_units
+
+SENSITIVITY_SAMPLES = 256
+
+
+def best_effort_path(out: Path) -> Path:
+    """Where a run that misses its accuracy budget leaves the best model it found."""
+    out = Path(out)
+    stem = out.name[: -len(".edgeq")] if out.name.endswith(".edgeq") else out.name
+    return out.with_name(f"{stem}.best-effort.edgeq")
+
+
+@dataclass
+class FallbackResult:
+    reverted_units: dict[str, str] = field(default_factory=dict)   # unit -> reason
+    report: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    fidelity: dict | None = None
+    budget_met: bool | None = None
+
+    def summary(self) -> dict:
+        placement_report = self.report.get("placement") or {}
+        return {"reverted_units": len(self.reverted_units), "units": self.report.get("units"),
+                "outliers": len((self.report.get("outliers") or {}).get("flagged", [])),
+                "budget": (self.report.get("budget") or {}).get("budget"), "budget_met": self.budget_met,
+                "target": placement_report.get("target"), "placement": placement_report.get("verdict"),
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class FallbackRun:
+    """Run options: a budget (with its evaluation data), the latency target, and whether to search."""
+
+    budget: budget_search.Budget | None = None
+    eval_data: Dataset | None = None
+    target: str = DEFAULT_TARGET
+    latency_search: bool | None = None   # None: the recipe decides
+
+    def apply(self, q, data: Dataset, out: Path) -> FallbackResult:
+        start = time.perf_counter()
+        result = FallbackResult()
+        units = build_units(q.records, q.block_map)
+        switch = FloatSwitch(q.gm, q.records)
+        result.report["units"] = len(units)
+        if q.recipe.fallback.outliers:
+            result.report["outliers"] = _outliers(q, units, switch, result)
+        if self.budget is not None:
+            result.report["budget"] = self._budget(q, data, units, switch, result)
+        search = q.recipe.fallback.latency_search if self.latency_search is None else self.latency_search
+        if search:
+            result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
+        if self.budget is not None and result.report.get("placement"):
+            final = self._metric(q, data, switch).measure(q.gm)
+            result.report["budget"]["after_placement"] = final
+            result.budget_met = self._metric(q, data, switch).holds(final)
+        result.fidelity = compare(q.float_out, _run(q, q.samples))
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _metric(self, q, data: Dataset, switch: FloatSwitch) -> budget_search.BudgetMetric:
+        if not hasattr(self, "_cached_metric"):
+            source = self.eval_data if self.eval_data is not None else data
+            labels = source.labels if self.budget.max_drop is not None else None
+            with switch.floating(build_units(q.records, q.block_map)):
+                float_out = _run(q, source.x)
+            self._cached_metric = budget_search.BudgetMetric(
+                self.budget, sensitivity.Probe(source.x, float_out, labels, q.batch_size))
+        return self._cached_metric
+
+    def _budget(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
+        calib = data.x[:SENSITIVITY_SAMPLES]
+        with switch.floating(units):
+            float_out = _run(q, calib)
+        with ui.status("ranking units by sensitivity"):
+            ranking = sensitivity.analyse(q.gm, switch, [u for u in units if u.name not in switch.floated],
+                                          sensitivity.Probe(calib, float_out, None, q.batch_size))
+        metric = self._metric(q, data, switch)
+        with ui.status(f"searching for the accuracy budget ({self.budget.describe()})"):
+            report = budget_search.search(q.gm, switch, [u for u in units if u.name not in switch.floated],
+                                          metric, [r["unit"] for r in ranking["units"]])
+        for step in report["reverted"]:
+            after = step["after"]
+            result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(after)}"
+        result.budget_met = report["met"]
+        report["sensitivity_top"] = ranking["units"][:10]
+        report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.x),
+                                "labelled": metric.probe.labels is not None}
+        return report
+
+
+def _fmt(m: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in m.items())
+
+
+def _run(q, x):
+    from ..quant.pipeline import run_graph
+    return run_graph(q.gm, x, q.batch_size)
+
+
+def _outliers(q, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
+    threshold = q.recipe.fallback.outlier_ratio
+    flagged = []
+    for unit in units:
+        stats = q.outlier_stats.get(unit.name)
+        if stats and stats["outlier"]:
+            switch.set_float(unit, True)
+            result.reverted_units[unit.name] = (
+                f"outlier channel blocks: largest/median block max |x| = {stats['ratio']} > {threshold} "
+                f"(blocks of {BLOCK} channels); the int8 kernels of the target take one scale per tensor")
+            flagged.append(unit.name)
+    return {"threshold": threshold, "block_channels": BLOCK, "flagged": flagged,
+            "ratios": {name: s["ratio"] for name, s in q.outlier_stats.items()}}
+
+
+def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult,
+               target: str, out: Path) -> dict:
+    """Export the model as decided so far, time candidate placements on ``target``, float the losers."""
+    from ..api import export
+    from ..quant.pipeline import write_quantized
+
+    live = [u for u in units if u.name not in switch.floated]
+    if not live:
+        return {"target": target, "verdict": "nothing left in int8 to place", "steps": []}
+    work = Path(tempfile.mkdtemp(prefix="edgeq-place-", dir=out.parent if out.parent.exists() else None))
+    try:
+        provisional = dataclasses.replace(result, report=dict(result.report))
+        write_quantized(q, work / "b.edgeq", 0, data, "cpu", provisional)
+        with ui.quiet():
+            export(work / "b.edgeq", "onnx", work / "int8.onnx", precision="int8")
+            export(work / "b.edgeq", "onnx", work / "fp32.onnx", precision="fp32")
+        renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
+        to_new = {u.name: renamed[u.layers[0]].act_module for u in live}
+        to_old = {new: old for old, new in to_new.items()}
+        report = placement.search(work / "int8.onnx", work / "fp32.onnx",
+                                  [dataclasses.replace(u, name=to_new[u.name]) for u in live], target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    reasons = {}
+    for step in report["steps"]:
+        for name in step["units"]:
+            step_units = step.setdefault("unit_names", [])
+            step_units.append(to_old[name])
+            if step["decision"] == "float":
+                reasons[to_old[name]] = (f"latency on {target}: {step['candidate']} in float "
+                                         f"{step['float_ms']} ms vs int8 {step['int8_ms']} ms")
+        step["units"] = step.pop("unit_names")
+    report["floated_units"] = sorted(to_old[n] for n in report["floated_units"])
+    by_name = {u.name: u for u in live}
+    for name in report["floated_units"]:
+        switch.set_float(by_name[name], True)
+        result.reverted_units[name] = reasons.get(name, f"latency on {target}: {report['verdict']}")
+    return report

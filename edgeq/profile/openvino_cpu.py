@@ -1,0 +1,78 @@
+"""OpenVINO on the local CPU (optional extra ``openvino``): it reads the same QDQ ONNX as ONNX Runtime.
+
+OpenVINO turns QuantizeLinear/DequantizeLinear pairs into FakeQuantize and runs int8 kernels where its
+low-precision transformations can move the quantization through an op, so the fast placement differs
+from ONNX Runtime's; edgeq searches it separately.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, EdgeqError
+from .ort_cpu import LatencyProbe as _OrtProbe
+from .ort_cpu import random_input
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise EdgeqError('the openvino-cpu target needs OpenVINO: pip install "edgeq[openvino]".') from None
+    return openvino
+
+
+def compile_model(path: str | Path, threads: int | None = None, batch: int | None = None):
+    ov = _openvino()
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        model = core.read_model(str(path))
+        if batch is not None and model.input(0).get_partial_shape()[0].is_dynamic:
+            shape = model.input(0).get_partial_shape()
+            shape[0] = batch
+            model.reshape({model.input(0): shape})
+        return core.compile_model(model, "CPU", config)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
+        raise ArtifactError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[-1][:200]}.") from None
+
+
+def input_shape(compiled) -> list:
+    return [d.get_length() if d.is_static else None for d in compiled.input(0).get_partial_shape()]
+
+
+def run(compiled, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Outputs for all of ``x`` (batches padded to a fixed batch axis when the model has one)."""
+    fixed = input_shape(compiled)[0]
+    step = fixed or batch_size
+    request = compiled.create_infer_request()
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i: i + step]
+        n = len(chunk)
+        if fixed and n != fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        result = request.infer({0: np.ascontiguousarray(chunk)})
+        outs.append(np.array(result[compiled.output(0)])[:n])
+    return np.concatenate(outs)
+
+
+class LatencyProbe(_OrtProbe):
+    """Times one OpenVINO inference per ``step()`` (f32 inference precision: no silent bf16/fp16)."""
+
+    target = "openvino-cpu"
+
+    def __init__(self, path: str | Path, batch: int = 1, threads: int = 2, seed: int = 0):
+        self.path = str(path)
+        self.threads = threads
+        self.batch = batch
+        self.compiled = compile_model(path, threads, batch)
+        self.request = self.compiled.create_infer_request()
+        self.x = random_input(path, input_shape(self.compiled), batch, seed)
+        self.times: list[float] = []
+
+    def infer(self) -> None:
+        self.request.infer({0: self.x})
