@@ -17,7 +17,8 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              weight_lr: float | None = None, act_lr: float | None = None, drop_prob: float | None = None,
              device: str = "cpu", resume: bool = False, force: bool = False,
              max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
-             eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None) -> dict:
+             eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None,
+             placement_from: str | None = None) -> dict:
     """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``.
 
     Recipes with block reconstruction take ``iters``, ``batch_size``, ``weight_lr``, ``act_lr`` and
@@ -28,21 +29,22 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     float on ``eval_data`` or the calibration data) reverts the most sensitive units to float until the
     budget holds; ``latency_search`` (default: the recipe's, on for w8a8) keeps in float whatever is not
     faster in int8 on ``target``. A budget that cannot be met raises BudgetError after writing the best
-    model found to ``best_effort_path(out)``.
+    model found to ``best_effort_path(out)``. ``placement_from`` (a bundle or placement JSON) applies a
+    placement searched earlier, e.g. on the same architecture at its deployment resolution.
     """
     from .data import load_data
+    from .fallback.run import FallbackRun, best_effort_path, read_placement
     from .models.intake import load_model, parse_input_shape
-    from .fallback.run import FallbackRun, best_effort_path
+    from .profile.targets import get_target
     from .quant.pipeline import quantize_model
     from .trace.capture import check_input_shape
-
-    from .profile.targets import get_target
 
     out = check_output(out, force, is_dir=True)
     rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob)
     device = check_device(device)
     budget = _check_budget(max_drop, min_cosine, eval_data, eval_size)
     get_target(target)
+    placement = read_placement(placement_from) if placement_from else None
     if budget is not None:
         check_output(best_effort_path(out), force, is_dir=True)
     state_dir = _check_resume(out, rec, resume, force)
@@ -57,7 +59,8 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
                                    f"batch ({rec.reconstruction.batch_size}); give more data or a smaller "
                                    f"--batch-size.")
         state = _resume_state(state_dir, loaded, rec, data, seed, resume)
-    fallback = FallbackRun(budget, _eval_set(eval_data, eval_size, budget, loaded), target, latency_search)
+    fallback = FallbackRun(budget, _eval_set(eval_data, eval_size, budget, loaded), target, latency_search,
+                           placement)
     result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
@@ -197,8 +200,11 @@ def export(bundle: str | Path, to: str = "onnx", out: str | Path = "model.onnx",
 
 
 def inspect(model: str, *, weights: str | None = None, num_classes: int | None = None,
-            in_chans: int | None = None, input_shape: str | None = None, trust_pickle: bool = False) -> dict:
-    """Block map, parameters, MACs and quantizable ops of a model."""
+            in_chans: int | None = None, input_shape: str | None = None, trust_pickle: bool = False,
+            sensitivity: bool = False, calib: str = "zoo", calib_size: int | None = None,
+            recipe: str = "w8a8-fast", eval_data: str | None = None, eval_size: int = 2000) -> dict:
+    """Block map, parameters, MACs and quantizable ops of a model; with ``sensitivity``, the per-unit and
+    per-block output error of quantizing ``recipe`` (observers only by default, for speed)."""
     from .models.intake import load_model, parse_input_shape
     from .trace.blocks import build_block_map
     from .trace.capture import capture, check_input_shape, fold_batchnorm, has_dynamic_batch, to_graph_module
@@ -209,9 +215,31 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
     gm = to_graph_module(exported)
     folded = fold_batchnorm(gm)
     block_map = build_block_map(gm)
-    return {"model": loaded.spec, "input": loaded.input_spec.to_dict(),
-            "dynamic_batch": has_dynamic_batch(exported), "batchnorm_folded": len(folded),
-            "quantizable_ops": quantizable_summary(block_map.op_counts), **block_map.to_dict()}
+    result = {"model": loaded.spec, "input": loaded.input_spec.to_dict(),
+              "dynamic_batch": has_dynamic_batch(exported), "batchnorm_folded": len(folded),
+              "quantizable_ops": quantizable_summary(block_map.op_counts), **block_map.to_dict()}
+    if sensitivity:
+        result["sensitivity"] = _sensitivity(loaded, calib, calib_size, recipe, eval_data, eval_size)
+    return result
+
+
+def _sensitivity(loaded, calib, calib_size, recipe, eval_data, eval_size) -> dict:
+    from .data import load_data
+    from .fallback.sensitivity import Probe, analyse
+    from .fallback.units import FloatSwitch, build_units
+    from .quant.pipeline import build_quantized, run_graph
+
+    rec = _recipe_with_overrides(recipe, calib_size, None, None, None, None, None)
+    data = load_data(calib, loaded.input_spec, limit=rec.calibration.samples)
+    q = build_quantized(loaded, data, rec, seed=0)
+    units = build_units(q.records, q.block_map)
+    switch = FloatSwitch(q.gm, q.records)
+    judge = load_data(eval_data, loaded.input_spec, limit=eval_size, default_split="test",
+                      what="evaluation") if eval_data else data
+    with switch.floating(units):
+        float_out = run_graph(q.gm, judge.x, q.batch_size)
+    report = analyse(q.gm, switch, units, Probe(judge.x, float_out, judge.labels, q.batch_size))
+    return {"recipe": rec.name, "data": judge.source, **report}
 
 
 QUANTIZABLE = {"conv2d.default": "int8 weights + input",
@@ -240,8 +268,8 @@ def evaluate(artifact: str | Path, data: str = "zoo:test", *, limit: int | None 
 
 
 def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: int = 10,
-            batch: int = 1) -> dict:
-    """ONNX Runtime CPU latency of one artifact (warm-up, then p50/p90/p99 over ``runs``)."""
+            batch: int = 1, target: str = "ort-cpu") -> dict:
+    """Latency of one artifact on ``target`` (warm-up, then p50/p90/p99 over ``runs``)."""
     from .envinfo import machine, package_versions
     from .export.onnx import read_artifact
     from .profile.latency import measure_interleaved
@@ -249,6 +277,7 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     if runs <= 0 or warmup < 0 or threads <= 0 or batch <= 0:
         raise ArtifactError("--runs, --threads and --batch must be positive and --warmup not negative.")
     record = read_artifact(artifact)
-    m = measure_interleaved({"model": artifact}, runs=runs, warmup=warmup, batch=batch, threads=threads)["model"]
+    m = measure_interleaved({"model": artifact}, runs=runs, warmup=warmup, batch=batch, threads=threads,
+                            target=target)["model"]
     return {"artifact": str(artifact), "precision": record.get("precision"), **m.to_dict(),
-            "env": {"machine": machine(), "onnxruntime": package_versions(("onnxruntime",))["onnxruntime"]}}
+            "env": {"machine": machine(), **package_versions(("onnxruntime", "openvino"))}}

@@ -1,14 +1,19 @@
 """``edgeq bench``: models × variants → reports/bench.json and reports/bench.md.
 
 Variants per model: ``fp32`` (ONNX), ``ort-minmax`` (ONNX Runtime's quantize_static, the peer)
-and one row per edgeq recipe. Accuracy is top-1 on the bundled Fashion-MNIST test set (zoo suite),
-measured on the exported ONNX in ONNX Runtime and, for edgeq recipes, also on the bundle's fake-quant
-torch model (``top1_torch``): the two must agree. Sub-8-bit recipes run in ONNX Runtime on 8-bit
-kernels with their narrow integer ranges (exact: Clip before QuantizeLinear, weights on the narrow grid).
-Latency is ONNX Runtime CPU, batch 1, 2 threads, with all variants of a model measured round-robin in
-one run so that the speed ratios are fair on a noisy machine. The speed suite (random-init 224×224
-models) shortens block reconstruction to SPEED_ITERS iterations: latency does not depend on the
-learned values, only on the graph, which the shortened run produces identically.
+and one row per edgeq recipe, each on every runtime (ONNX Runtime and OpenVINO CPU, ``runtime``
+field). A recipe with latency-aware placement (w8a8) is quantized once per target, because the
+placement is searched per runtime; on the zoo suite it reuses the placement searched on the 224×224
+speed-suite model of the same architecture (the deployment resolution) when that exists.
+Accuracy is top-1 on the bundled Fashion-MNIST test set (zoo suite), measured on the exported ONNX in
+each runtime and, for edgeq recipes, also on the bundle's fake-quant torch model (``top1_torch``).
+Sub-8-bit recipes run on 8-bit kernels with their narrow integer ranges (exact: Clip before
+QuantizeLinear, weights on the narrow grid).
+Latency: batch 1 (and 8 on the speed suite), 2 threads, all variants of a model on both runtimes
+measured in alternating blocks in one run, so that the ratios are fair on a noisy machine;
+``speedup_vs_fp32`` is always against ORT FP32 of the same model, ``speedup_vs_runtime_fp32`` against
+FP32 on the row's runtime. The speed suite (random-init models) shortens block reconstruction to
+SPEED_ITERS iterations: latency depends on the graph, not on the learned values.
 """
 from __future__ import annotations
 
@@ -26,15 +31,22 @@ from .fsutil import write_text_atomic
 ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
 SPEED_SUITE = ("mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "fastvit_t8", "edgenext_xx_small")
 ROW_FIELDS = ("model", "variant", "runtime", "top1", "drop_pp", "top1_torch", "latency_ms_p50",
-              "speedup_vs_fp32", "ptq_seconds", "artifact_bytes")
+              "speedup_vs_fp32", "speedup_vs_runtime_fp32", "speedup_vs_fp32_b8", "float_units", "ptq_seconds",
+              "fallback_seconds")
+ZOO_RECIPES = ("w8a8-fast", "w8a8", "w6a6", "w4a8")
+SPEED_RECIPES = ("w8a8-fast", "w8a8")
 SPEED_CALIB = 32
 SPEED_ITERS = 10
 
 
-def run_bench(suite: str, models: list[str] | None, recipes: list[str], runs: int,
+def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, runs: int,
               eval_limit: int | None, out_dir: str | Path) -> dict:
     from .quant.recipe import load_recipe
-    has_recon = {r: load_recipe(r).reconstruction is not None for r in recipes}  # fail fast on a bad name
+    per_suite = {"zoo": recipes or list(ZOO_RECIPES), "speed": recipes or list(SPEED_RECIPES)}
+    loaded = {r: load_recipe(r) for rs in per_suite.values() for r in rs}  # fail fast on a bad name
+    # None: no reconstruction; False/True: reconstruction without/with latency search
+    searches = {r: (rec.fallback.latency_search if rec.reconstruction is not None else None)
+                for r, rec in loaded.items()}
     plan = _plan(suite, models)
     if not plan:
         raise EdgeqError(f"no models selected; the {suite} suite has "
@@ -45,7 +57,8 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str], runs: in
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
     try:
         for suite_name, name in ui.track(plan, "benchmarking"):
-            rows += bench_model(suite_name, name, recipes, runs, eval_limit, work / name, has_recon)
+            rows += bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit, work / f"{suite_name}-{name}", searches,
+                                out_dir / "placements")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = _merge(out_dir / "bench.json", rows)
@@ -62,68 +75,135 @@ def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:
     unknown = [m for m in models or [] if m not in known]
     if unknown:
         raise EdgeqError(f"{unknown[0]!r} is not in the {suite} suite ({', '.join(sorted(known))}).")
-    return [(s, n) for s in chosen for n in suites[s] if not models or n in models]
+    # speed first: the zoo suite reuses the placements searched at the deployment resolution
+    return [(s, n) for s in sorted(chosen, key=("speed", "zoo").index) for n in suites[s]
+            if not models or n in models]
 
 
 def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit: int | None,
-                work: Path, has_recon: dict[str, bool]) -> list[dict]:
+                work: Path, searches: dict[str, bool], placements: Path) -> list[dict]:
+    """Rows for one model: every variant on every runtime, latency at batch 1 (and 8 on the speed suite)."""
     from . import api
     from .baselines import ort_minmax
     from .data import load_data
     from .export.onnx import read_artifact
-    from .metrics import top1
     from .models.intake import InputSpec
-    from .profile import ort_cpu
 
     work.mkdir(parents=True)
     spec = f"zoo:{name}" if suite == "zoo" else f"timm:{name}"
     calib_size = None if suite == "zoo" else SPEED_CALIB
-    artifacts: dict[str, dict] = {}
+    artifacts: dict[tuple[str, str], dict] = {}   # (variant, runtime) -> artifact info
     for i, recipe in enumerate(recipes):
-        bundle = work / f"{recipe}.edgeq"
-        short = {"iters": SPEED_ITERS, "batch_size": 8} if suite == "speed" and has_recon[recipe] else {}
-        q = api.quantize(spec, "zoo", recipe, bundle, calib_size=calib_size, **short)
-        api.export(bundle, "onnx", work / f"{recipe}.onnx", precision="int8")
-        artifacts[recipe] = {"path": work / f"{recipe}.onnx", "ptq_seconds": q["ptq_seconds"], "bundle": bundle,
-                             "iterations": SPEED_ITERS if short else None}
+        short = {"iters": SPEED_ITERS, "batch_size": 8} if suite == "speed" and searches[recipe] is not None else {}
+        # a recipe with latency search gets one bundle per target; the others run the same file everywhere
+        targets = RUNTIMES if searches[recipe] else (None,)
+        for target in targets:
+            tag = f"{recipe}-{target}" if target else recipe
+            bundle = work / f"{tag}.edgeq"
+            q = api.quantize(spec, "zoo", recipe, bundle, calib_size=calib_size, **short,
+                             **_placement_args(suite, name, target, placements))
+            api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8")
+            info = {"path": work / f"{tag}.onnx", "ptq_seconds": q["ptq_seconds"], "bundle": bundle,
+                    "iterations": SPEED_ITERS if short else None, "fallback": q["fallback"]}
+            if target and suite == "speed":
+                _save_placement(bundle, placements / f"{name}-{target}.json")
+            for runtime in (targets if target is None else (target,)):
+                artifacts[(recipe, runtime or "")] = info
         if i == 0:
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
-            artifacts["fp32"] = {"path": work / "fp32.onnx", "ptq_seconds": None}
-    spec_in = InputSpec.from_dict(read_artifact(artifacts["fp32"]["path"])["input"])
+    for key in [k for k in artifacts if k[1] == ""]:
+        info = artifacts.pop(key)
+        for runtime in RUNTIMES:
+            artifacts[(key[0], runtime)] = info
+    spec_in = InputSpec.from_dict(read_artifact(work / "fp32.onnx")["input"])
     calib = load_data("zoo", spec_in, limit=calib_size or 256)
-    seconds = ort_minmax(artifacts["fp32"]["path"], work / "ort-minmax.onnx", calib.x)
-    artifacts["ort-minmax"] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
+    seconds = ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x)
+    for runtime in RUNTIMES:
+        artifacts[("fp32", runtime)] = {"path": work / "fp32.onnx", "ptq_seconds": None}
+        artifacts[("ort-minmax", runtime)] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
+    keys = sorted(artifacts, key=lambda k: (VARIANT_ORDER(k[0], recipes), RUNTIMES.index(k[1])))
+    accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) if suite == "zoo" else {}
+    latency = {1: _latency(keys, artifacts, runs, 1)}
+    if suite == "speed":
+        latency[8] = _latency(keys, artifacts, max(10, runs // 8), 8)
+    return [_row(suite, name, k, artifacts[k], accuracy, latency, spec_in) for k in keys]
 
-    order = ["fp32", "ort-minmax", *recipes]
-    accuracy, accuracy_torch, agreement = {}, {}, {}
-    if suite == "zoo":
-        test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
-        outputs = {v: ort_cpu.run(ort_cpu.session(artifacts[v]["path"]), test.x) for v in order}
-        for v in order:
-            accuracy[v] = top1(outputs[v], test.labels)
-            agreement[v] = float((outputs[v].argmax(1) == outputs["fp32"].argmax(1)).mean())
-        for v in recipes:
-            accuracy_torch[v] = api.evaluate(artifacts[v]["bundle"], "zoo:test", limit=eval_limit)["top1"]
-    latency = ort_cpu.measure_interleaved({v: artifacts[v]["path"] for v in order}, runs=runs, warmup=10)
-    rows = []
-    for v in order:
-        top1 = accuracy.get(v)
-        rows.append({
-            "suite": suite, "model": name, "variant": v, "runtime": "ort",
-            "top1": round(top1, 4) if top1 is not None else None,
-            "drop_pp": round(100 * (accuracy["fp32"] - top1), 2) if top1 is not None else None,
-            "top1_torch": accuracy_torch.get(v),
-            "top1_agreement_vs_fp32": round(agreement[v], 4) if v in agreement else None,
-            "onnx_minus_torch_pp": (round(100 * (top1 - accuracy_torch[v]), 2) if v in accuracy_torch else None),
-            "reconstruction_iterations": artifacts[v].get("iterations"),
-            "latency_ms_p50": latency[v].p50_ms, "latency_ms_p90": latency[v].p90_ms,
-            "speedup_vs_fp32": round(latency["fp32"].p50_ms / latency[v].p50_ms, 3),
-            "ptq_seconds": artifacts[v]["ptq_seconds"],
-            "artifact_bytes": Path(artifacts[v]["path"]).stat().st_size,
-            "input_shape": list(spec_in.shape),
-            "eval_samples": len(test) if suite == "zoo" else None,
-        })
-    return rows
+
+RUNTIMES = ("ort", "openvino")
+TARGET_OF = {"ort": "ort-cpu", "openvino": "openvino-cpu"}
+
+
+def VARIANT_ORDER(variant: str, recipes: list[str]) -> int:  # noqa: N802 - used as a sort key
+    return {"fp32": -2, "ort-minmax": -1}.get(variant, recipes.index(variant) if variant in recipes else 99)
+
+
+def _placement_args(suite: str, name: str, runtime: str | None, placements: Path) -> dict:
+    """Latency-searching recipes get ``target``; on the zoo suite they reuse the placement searched on the
+    224×224 speed-suite model of the same architecture (the deployment resolution) when there is one."""
+    if runtime is None:
+        return {}
+    args = {"target": TARGET_OF[runtime]}
+    saved = placements / f"{name}-{runtime}.json"
+    if suite == "zoo" and saved.is_file():
+        args["placement_from"] = str(saved)
+    return args
+
+
+def _save_placement(bundle: Path, path: Path) -> None:
+    from .fallback.run import read_placement
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(read_placement(bundle), indent=2) + "\n")
+
+
+def _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) -> dict:
+    from . import api
+    from .data import load_data
+    from .metrics import top1
+    from .profile.targets import get_target
+
+    test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
+    outputs = {k: get_target(TARGET_OF[k[1]]).outputs(artifacts[k]["path"], test.x) for k in keys}
+    result = {}
+    for k in keys:
+        reference = outputs[("fp32", k[1])]
+        result[k] = {"top1": top1(outputs[k], test.labels), "fp32_top1": top1(reference, test.labels),
+                     "agreement": float((outputs[k].argmax(1) == reference.argmax(1)).mean()),
+                     "eval_samples": len(test)}
+        if k[0] in recipes and "bundle" in artifacts[k]:
+            result[k]["top1_torch"] = api.evaluate(artifacts[k]["bundle"], "zoo:test", limit=eval_limit)["top1"]
+    return result
+
+
+def _latency(keys, artifacts, runs: int, batch: int) -> dict:
+    from .profile.latency import measure_interleaved
+    paths = {k: (artifacts[k]["path"], TARGET_OF[k[1]]) for k in keys}
+    return measure_interleaved(paths, runs=runs, warmup=10, batch=batch)
+
+
+def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
+    variant, runtime = key
+    acc = accuracy.get(key, {})
+    top1 = acc.get("top1")
+    ort_fp32 = ("fp32", "ort")
+    row = {"suite": suite, "model": name, "variant": variant, "runtime": runtime,
+           "top1": round(top1, 4) if top1 is not None else None,
+           "drop_pp": round(100 * (acc["fp32_top1"] - top1), 2) if top1 is not None else None,
+           "top1_torch": acc.get("top1_torch"),
+           "top1_agreement_vs_fp32": round(acc["agreement"], 4) if acc else None,
+           "onnx_minus_torch_pp": (round(100 * (top1 - acc["top1_torch"]), 2) if "top1_torch" in acc else None),
+           "reconstruction_iterations": art.get("iterations")}
+    for batch, measured in latency.items():
+        suffix = "" if batch == 1 else f"_b{batch}"
+        row[f"latency_ms_p50{suffix}"] = measured[key].p50_ms
+        row[f"latency_ms_p90{suffix}"] = measured[key].p90_ms
+        row[f"speedup_vs_fp32{suffix}"] = round(measured[ort_fp32].p50_ms / measured[key].p50_ms, 3)
+        row[f"speedup_vs_runtime_fp32{suffix}"] = round(measured[("fp32", runtime)].p50_ms / measured[key].p50_ms, 3)
+    fallback = art.get("fallback") or {}
+    row.update({"ptq_seconds": art["ptq_seconds"], "artifact_bytes": Path(art["path"]).stat().st_size,
+                "fallback_seconds": fallback.get("seconds"), "float_units": fallback.get("reverted_units"),
+                "units": fallback.get("units"), "placement": fallback.get("placement"),
+                "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples")})
+    return row
 
 
 def _merge(path: Path, rows: list[dict]) -> dict:
@@ -138,13 +218,17 @@ def _merge(path: Path, rows: list[dict]) -> dict:
     kept = [r for r in old_rows if (r.get("suite"), r.get("model")) not in fresh]
     return {"schema_version": 1, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "env": {"machine": machine(), "versions": package_versions()},
-            "protocol": {"latency": "ONNX Runtime CPU EP, batch 1, 2 intra-op threads, variants of a "
-                                    "model measured round-robin in one run; p50 over the timed runs",
+            "protocol": {"latency": "ONNX Runtime CPU EP and OpenVINO CPU, batch 1 (speed suite also 8), 2 threads; "
+                                    "all variants of a model on both runtimes measured in alternating blocks of 5 "
+                                    "runs in one run (each block after a 20 ms pause and one untimed run, so one "
+                                    "runtime's spinning worker threads are not billed to the next); p50",
                          "accuracy": "top-1 on the bundled Fashion-MNIST test set, exported ONNX in ONNX Runtime; "
                                      "top1_torch: the bundle's fake-quant torch model on the same images",
                          "ptq_seconds": "edgeq quantize wall time (capture, calibration, reconstruction), "
                                         "2 CPU threads, 256 calibration images (zoo) / 32 (speed)",
-                         "speedup_vs_fp32": "ORT FP32 p50 / variant p50 of the same model"},
+                         "speedup_vs_fp32": "ORT FP32 p50 / variant p50 of the same model",
+                         "speedup_vs_runtime_fp32": "FP32 p50 on the row's runtime / variant p50",
+                         "fallback_seconds": "outlier, budget and placement search time inside ptq_seconds"},
             "rows": kept + rows}
 
 

@@ -70,19 +70,33 @@ def main():
 @click.option("--drop-prob", type=float, help="QDrop probability (default: the recipe's, 0.5).")
 @click.option("--device", default="cpu", show_default=True, help="Where reconstruction runs: cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted reconstruction from its saved state.")
+@click.option("--max-drop", type=float, help="Accuracy budget: top-1 drop in percentage points on --eval "
+                                             "(labelled); the most sensitive units go back to float until it holds.")
+@click.option("--min-cosine", type=float, help="Accuracy budget without labels: output cosine vs float on --eval "
+                                               "(or the calibration data).")
+@click.option("--eval", "eval_data", help="Held-out data for the budget: zoo:test, an image folder, .npy or .npz.")
+@click.option("--eval-size", default=2000, show_default=True, type=int, help="Evaluation samples the budget uses.")
+@click.option("--target", default="ort-cpu", show_default=True,
+              help="Runtime whose measured latency decides the int8/float placement: ort-cpu or openvino-cpu.")
+@click.option("--no-latency-search", is_flag=True, help="Keep every unit the recipe quantizes in int8 (no timing).")
+@click.option("--placement-from", type=click.Path(), help="Apply the placement of another bundle (or its JSON), "
+                                                          "e.g. one searched at the deployment resolution.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace an existing output (and discard a saved interrupted run).")
 @command
 def quantize(model, weights, num_classes, in_chans, input_shape, trust_pickle, calib, calib_size,
-             batch_size, recipe, iters, weight_lr, act_lr, drop_prob, device, resume, out, seed, force, as_json):
+             batch_size, recipe, iters, weight_lr, act_lr, drop_prob, device, resume, max_drop, min_cosine,
+             eval_data, eval_size, target, no_latency_search, placement_from, out, seed, force, as_json):
     """Quantize a model into a self-describing .edgeq bundle."""
     from . import api
     result = api.quantize(model, calib, recipe, out, weights=weights, num_classes=num_classes,
                           in_chans=in_chans, input_shape=input_shape, trust_pickle=trust_pickle,
                           seed=seed, calib_size=calib_size, batch_size=batch_size, iters=iters,
                           weight_lr=weight_lr, act_lr=act_lr, drop_prob=drop_prob, device=device,
-                          resume=resume, force=force)
+                          resume=resume, force=force, max_drop=max_drop, min_cosine=min_cosine,
+                          eval_data=eval_data, eval_size=eval_size, target=target,
+                          latency_search=False if no_latency_search else None, placement_from=placement_from)
     _emit(result, as_json, _print_quantize)
 
 
@@ -96,6 +110,16 @@ def _print_quantize(r: dict) -> None:
                f"{r['ptq_seconds']} s in total")
     click.echo(f"fake-quant vs float on calibration samples: cosine {r['fidelity_fakequant_vs_float']['cosine']}, "
                f"top-1 agreement {r['fidelity_fakequant_vs_float']['top1_agreement']}")
+    fb = r["fallback"]
+    if fb["units"]:
+        parts = [f"{fb['reverted_units']} of {fb['units']} units in float"]
+        if fb["outliers"]:
+            parts.append(f"{fb['outliers']} for outlier blocks")
+        if fb["budget"]:
+            parts.append(f"budget {fb['budget']} {'met' if fb['budget_met'] else 'MISSED'}")
+        if fb["placement"]:
+            parts.append(f"placement on {fb['target']}: {fb['placement']}")
+        click.echo("fallback: " + "; ".join(parts) + " (every decision is in manifest.json)")
 
 
 @main.command()
@@ -120,12 +144,22 @@ def export(bundle, to, out, precision, opset, force, as_json):
 @main.command()
 @click.argument("model")
 @model_options
+@click.option("--sensitivity", is_flag=True, help="Quantize in memory and rank units and blocks by the output "
+                                                   "error each one causes (SQNR, KL; top-1 with labelled --eval).")
+@click.option("--calib", default="zoo", show_default=True, help="Calibration data for --sensitivity.")
+@click.option("--calib-size", type=int, help="Calibration samples for --sensitivity (default: the recipe's).")
+@click.option("--recipe", default="w8a8-fast", show_default=True, help="Recipe whose quantizers are judged.")
+@click.option("--eval", "eval_data", help="Judge on this data instead of the calibration set (labels add top-1).")
+@click.option("--eval-size", default=2000, show_default=True, type=int)
 @command
-def inspect(model, weights, num_classes, in_chans, input_shape, trust_pickle, as_json):
+def inspect(model, weights, num_classes, in_chans, input_shape, trust_pickle, sensitivity, calib, calib_size,
+            recipe, eval_data, eval_size, as_json):
     """Show the block map (stem/conv/bridge/attention/mlp/head), params, MACs and quantizable ops."""
     from . import api
     result = api.inspect(model, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                         input_shape=input_shape, trust_pickle=trust_pickle)
+                         input_shape=input_shape, trust_pickle=trust_pickle, sensitivity=sensitivity,
+                         calib=calib, calib_size=calib_size, recipe=recipe, eval_data=eval_data,
+                         eval_size=eval_size)
     _emit(result, as_json, _print_inspect)
 
 
@@ -144,6 +178,30 @@ def _print_inspect(r: dict) -> None:
     for op, info in r["quantizable_ops"].items():
         ops.add_row(op, str(info["count"]), "yes" if info["quantized"] else "no", info["how"])
     console.print(ops)
+    if "sensitivity" in r:
+        _print_sensitivity(console, r["sensitivity"])
+
+
+def _print_sensitivity(console, s: dict) -> None:
+    from rich.table import Table
+    full = s["all_quantized"]
+    console.print(f"[bold]sensitivity[/] ({s['recipe']}, {s['samples']} samples of {s['data']}): everything "
+                  f"quantized: SQNR {full['sqnr_db']} dB, KL {full['kl']}"
+                  + (f", top-1 drop {full['top1_drop_pp']} pp" if "top1_drop_pp" in full else ""))
+    for what, rows, label in (("units", s["units"], "unit"), ("blocks", s["blocks"], "block")):
+        table = Table(label, "kind", "layers", "only this quantized: SQNR dB / KL",
+                      "only this float: SQNR dB / KL", title=f"{what}, most sensitive first")
+        for row in rows:
+            q, f = row["only_quantized"], row["only_float"]
+            members = row.get("layers") or row.get("units")
+            table.add_row(row.get("unit") or row["block"], row["kind"], str(len(members)),
+                          _sens_cell(q), _sens_cell(f))
+        console.print(table)
+
+
+def _sens_cell(m: dict) -> str:
+    cell = f"{m['sqnr_db']:.2f} / {m['kl']:.2e}"
+    return cell + (f" / {m['top1_drop_pp']:+.2f} pp" if "top1_drop_pp" in m else "")
 
 
 @main.command(name="eval")
@@ -178,21 +236,22 @@ def eval_cmd(artifact, data, limit, reference, threads, as_json):
 @click.option("--runs", default=100, show_default=True, type=int)
 @click.option("--warmup", default=10, show_default=True, type=int)
 @click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu or openvino-cpu.")
 @command
-def profile(artifact, threads, runs, warmup, batch, as_json):
+def profile(artifact, threads, runs, warmup, batch, target, as_json):
     """ONNX Runtime CPU latency (p50/p90/p99) of an exported artifact."""
     from . import api
-    result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch)
+    result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch, target=target)
     _emit(result, as_json, lambda r: click.echo(
-        f"{r['artifact']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
+        f"{r['artifact']} on {r['target']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
         f"(batch {r['batch']}, {r['threads']} threads, {r['runs']} runs after {r['warmup']} warm-up)"))
 
 
 @main.command()
 @click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all"]))
 @click.option("--models", help="Comma-separated subset of the suite's models.")
-@click.option("--recipes", default="w8a8-fast,w8a8,w6a6,w4a8", show_default=True,
-              help="Comma-separated edgeq recipes.")
+@click.option("--recipes", help="Comma-separated edgeq recipes (default: w8a8-fast,w8a8,w6a6,w4a8 on the zoo "
+                                "suite, w8a8-fast,w8a8 on the speed suite).")
 @click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
@@ -200,8 +259,8 @@ def profile(artifact, threads, runs, warmup, batch, as_json):
 def bench(suite, models, recipes, runs, eval_limit, out_dir, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
     from .bench import run_bench
-    result = run_bench(suite, models.split(",") if models else None, recipes.split(","), runs,
-                       eval_limit, out_dir)
+    result = run_bench(suite, models.split(",") if models else None, recipes.split(",") if recipes else None,
+                       runs, eval_limit, out_dir)
     _emit(result, as_json, lambda r: click.echo(r["markdown"]))
 
 

@@ -28,7 +28,7 @@ def run_demo(model: str, out: str | Path, force: bool) -> dict:
                  "fidelity_cosine_vs_torch": exports[p]["fidelity_vs_torch"]["cosine"]}
                 for p in artifacts]
         report = {"schema_version": 1, "model": model, "recipe": quant["recipe"],
-                  "ptq_seconds": quant["ptq_seconds"], "rows": rows,
+                  "ptq_seconds": quant["ptq_seconds"], "fallback": quant["fallback"], "rows": rows,
                   "env": {"machine": machine(), "versions": package_versions()}}
         markdown = _markdown(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -47,4 +47,9 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {r['variant']} | {100 * r['top1']:.2f} | {r['drop_pp']} | {r['latency_ms_p50']:.3f} | "
                      f"{r['latency_ms_p90']:.3f} | {r['speedup_vs_fp32']:.2f}x | {r['artifact_bytes'] / 1e6:.2f} | "
                      f"{r['fidelity_cosine_vs_torch']} |")
+    fb = report["fallback"]
+    if fb["placement"]:
+        lines += ["", f"Placement on {fb['target']} (measured): {fb['reverted_units']} of {fb['units']} units in "
+                      f"float; {fb['placement']}. Every decision and its timings: model.edgeq/manifest.json "
+                      f"(fallback.placement)."]
     return "\n".join(lines) + "\n"

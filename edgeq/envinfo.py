@@ -6,7 +6,7 @@ import os
 import platform
 
 
-def package_versions(names=("edgeq", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "numpy")) -> dict:
+def package_versions(names=("edgeq", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "numpy")) -> dict:
     out = {}
     for name in names:
         try:

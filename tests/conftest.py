@@ -10,6 +10,13 @@ sys.path.insert(0, str(TESTS))
 TINY = f"{TESTS / 'tiny_models.py'}:tiny_hybrid"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_latency_cache(tmp_path_factory):
+    """Placement-search timings go to a per-session cache, not the user's ~/.cache/edgeq."""
+    import os
+    os.environ["EDGEQ_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeq-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_spec() -> str:
     return TINY

@@ -23,7 +23,7 @@ from edgeq.trace.graphutil import get_attr
 
 from conftest import TINY
 
-FAST = dict(iters=40, calib_size=48, batch_size=16)
+FAST = dict(iters=40, calib_size=48, batch_size=16, latency_search=False)  # reconstruction only
 
 
 def digest(bundle) -> str:
@@ -144,7 +144,7 @@ def test_same_seed_same_integers(recon_bundle, calib_npy, tmp_path):
 def test_kill_and_resume_gives_the_same_weights(recon_bundle, calib_npy, tmp_path):
     out = tmp_path / "killed.edgeq"
     cmd = [sys.executable, "-m", "edgeq.cli", "quantize", "--model", TINY, "--calib", str(calib_npy),
-           "-o", str(out), "--iters", "40", "--calib-size", "48", "--batch-size", "16", "--json"]
+           "-o", str(out), "--iters", "40", "--calib-size", "48", "--batch-size", "16", "--json", "--no-latency-search"]
     state_file = resume_dir(out) / "state.pt"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -167,7 +167,7 @@ def test_nan_block_falls_back_and_the_rest_learns(calib_npy, tmp_path):
     np.save(data, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32) * 4)
     out = tmp_path / "fragile.edgeq"
     spec = f"{os.path.dirname(__file__)}/tiny_models.py:fragile_net"
-    result = api.quantize(spec, str(data), "w8a8", out, iters=20, batch_size=16)
+    result = api.quantize(spec, str(data), "w8a8", out, iters=20, batch_size=16, latency_search=False)
     m = json.loads((out / "manifest.json").read_text())
     regions = {r["name"]: r for r in m["reconstruction"]["regions"]}
     assert result["reconstruction"]["fallbacks"] == ["blocks.0"]

@@ -149,3 +149,59 @@ class FragileNet(nn.Module):
 def fragile_net():
     torch.manual_seed(0)
     return FragileNet().eval()
+
+
+class OutlierNet(nn.Module):
+    """One layer (``fragile``) reads a tensor with a ×2000 outlier channel (its weights undo the scale, so the
+    float model is ordinary); a per-tensor int8 scale for that input wipes out the other 15 channels."""
+
+    edgeq_input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.fragile = nn.Conv2d(16, 16, 1)
+        self.tail = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+        scale = torch.ones(16)
+        scale[3] = 2000.0
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+
+    def forward(self, x):
+        x = F.relu(self.mid(F.relu(self.stem(x))))
+        x = F.relu(self.fragile(x * self.scale))
+        return self.head(F.relu(self.tail(x)).mean((2, 3)))
+
+
+def outlier_net():
+    torch.manual_seed(0)
+    model = OutlierNet()
+    with torch.no_grad():
+        model.fragile.weight[:, 3] /= 2000.0
+    return model.eval()
+
+
+class DepthwiseHeavy(nn.Module):
+    """Large depthwise convs (int8 gains nothing there on CPU runtimes: the int8 form only adds
+    Quantize/Dequantize passes over big tensors) next to a wide linear layer."""
+
+    edgeq_input_shape = (1, 3, 112, 112)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 48, 3, padding=1)
+        self.dw = nn.ModuleList([nn.Conv2d(48, 48, 7, padding=3, groups=48) for _ in range(3)])
+        self.fc1 = nn.Linear(48, 512)
+        self.fc2 = nn.Linear(512, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        for dw in self.dw:
+            x = x + F.relu(dw(x))
+        return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
+
+
+def depthwise_heavy():
+    torch.manual_seed(0)
+    return DepthwiseHeavy().eval()

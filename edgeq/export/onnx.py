@@ -27,7 +27,7 @@ from ..metrics import compare
 from ..profile import ort_cpu
 from ..quant import meta_kernels
 from ..quant.pipeline import run_graph
-from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort
+from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
 MIN_OPSET = 17
@@ -101,6 +101,7 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int) -> tuple
     if precision == "int8":
         passes["weights_folded_to_int"] = fold_weight_quantizers(model)
         passes["biases_quantized_to_int32"] = quantize_biases(model)
+        passes["activations_made_unsigned"] = unsigned_activations(model)
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         with warnings.catch_warnings():

@@ -4,7 +4,7 @@ block whose largest magnitude dwarfs the typical block's forces a per-tensor int
 that the other blocks lose most of their levels.
 
 Per activation quantizer: per-channel max |x| over the calibration set, folded into channel blocks;
-``ratio`` = largest block max / median block max. Above the threshold the unit stays in float on
+``ratio`` = largest block max / median channel max (robust when there are only a few blocks). Above the threshold the unit stays in float on
 targets without per-block activation scales (ONNX Runtime and OpenVINO CPU int8 kernels take one
 activation scale per tensor); the statistics and the decision go into the manifest.
 """
@@ -36,11 +36,11 @@ class BlockStats:
         pad = (-len(channels)) % BLOCK
         blocks = np.concatenate([channels, np.full(pad, np.nan)]).reshape(-1, BLOCK)
         block_max = np.nanmax(blocks, axis=1)
-        median = float(np.median(block_max))
+        median = float(np.median(channels))
         ratio = float(block_max.max() / median) if median > 0 else (float("inf") if block_max.max() > 0 else 1.0)
         worst = np.argsort(block_max)[::-1][:3]
         return {"channels": int(len(channels)), "blocks": int(len(block_max)), "ratio": round(ratio, 2),
-                "median_block_max": round(median, 6), "worst_blocks": [int(b) for b in worst],
+                "median_channel_max": round(median, 6), "worst_blocks": [int(b) for b in worst],
                 "worst_block_max": [round(float(block_max[b]), 6) for b in worst]}
 
 

@@ -56,6 +56,7 @@ class FallbackRun:
     eval_data: Dataset | None = None
     target: str = DEFAULT_TARGET
     latency_search: bool | None = None   # None: the recipe decides
+    placement: dict | None = None        # a placement found earlier (read_placement), applied instead of a search
 
     def apply(self, q, data: Dataset, out: Path) -> FallbackResult:
         start = time.perf_counter()
@@ -68,7 +69,9 @@ class FallbackRun:
         if self.budget is not None:
             result.report["budget"] = self._budget(q, data, units, switch, result)
         search = q.recipe.fallback.latency_search if self.latency_search is None else self.latency_search
-        if search:
+        if self.placement is not None:
+            result.report["placement"] = _apply_placement(self.placement, units, switch, result)
+        elif search:
             result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
         if self.budget is not None and result.report.get("placement"):
             final = self._metric(q, data, switch).measure(q.gm)
@@ -126,7 +129,7 @@ def _outliers(q, units: list[Unit], switch: FloatSwitch, result: FallbackResult)
         if stats and stats["outlier"]:
             switch.set_float(unit, True)
             result.reverted_units[unit.name] = (
-                f"outlier channel blocks: largest/median block max |x| = {stats['ratio']} > {threshold} "
+                f"outlier channel blocks: largest block max |x| / median channel max = {stats['ratio']} > {threshold} "
                 f"(blocks of {BLOCK} channels); the int8 kernels of the target take one scale per tensor")
             flagged.append(unit.name)
     return {"threshold": threshold, "block_channels": BLOCK, "flagged": flagged,
@@ -144,18 +147,20 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
         return {"target": target, "verdict": "nothing left in int8 to place", "steps": []}
     work = Path(tempfile.mkdtemp(prefix="edgeq-place-", dir=out.parent if out.parent.exists() else None))
     try:
+        started = time.perf_counter()
         provisional = dataclasses.replace(result, report=dict(result.report))
         write_quantized(q, work / "b.edgeq", 0, data, "cpu", provisional)
         with ui.quiet():
             export(work / "b.edgeq", "onnx", work / "int8.onnx", precision="int8")
-            export(work / "b.edgeq", "onnx", work / "fp32.onnx", precision="fp32")
+        export_seconds = time.perf_counter() - started
         renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
         to_new = {u.name: renamed[u.layers[0]].act_module for u in live}
         to_old = {new: old for old, new in to_new.items()}
-        report = placement.search(work / "int8.onnx", work / "fp32.onnx",
-                                  [dataclasses.replace(u, name=to_new[u.name]) for u in live], target)
+        report = placement.search(work / "int8.onnx", [dataclasses.replace(u, name=to_new[u.name]) for u in live],
+                                  target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["export_seconds"] = round(export_seconds, 2)
     reasons = {}
     for step in report["steps"]:
         for name in step["units"]:
@@ -171,3 +176,55 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
         switch.set_float(by_name[name], True)
         result.reverted_units[name] = reasons.get(name, f"latency on {target}: {report['verdict']}")
     return report
+
+
+def read_placement(source: str | Path) -> dict:
+    """The latency placement of a bundle (or a JSON file written from one): which layers it keeps in float."""
+    import json
+
+    from ..errors import BundleError
+    source = Path(source)
+    try:
+        if source.is_dir():
+            manifest = json.loads((source / "manifest.json").read_text())
+        else:
+            saved = json.loads(source.read_text())
+            if "float_layers" in saved:
+                return saved
+            manifest = saved
+    except (OSError, ValueError):
+        raise BundleError(f"{source} is neither an edgeq bundle nor a placement file.") from None
+    placement = (manifest.get("fallback") or {}).get("placement")
+    if not placement or "floated_units" not in placement:
+        raise BundleError(f"{source} has no latency placement; quantize it with a latency-searching recipe (w8a8).")
+    layers = manifest["layers"]
+    return {"source": str(source), "model": manifest["model"]["spec"], "input": manifest["input"]["shape"],
+            "target": placement["target"], "verdict": placement["verdict"],
+            "float_layers": sorted(n for n, d in layers.items()
+                                   if not d["quantized"] and d["reason"].startswith("latency on")),
+            "int8_layers": sorted(n for n, d in layers.items() if d["quantized"])}
+
+
+def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
+    from ..errors import BundleError
+    known = {layer for u in units for layer in u.layers}
+    float_layers = set(placement["float_layers"])
+    missing = sorted((float_layers | set(placement["int8_layers"])) - known - set(_floated_layers(units, switch)))
+    if missing:
+        raise BundleError(f"the placement from {placement.get('source')} does not fit this model (it names layer "
+                          f"{missing[0]!r}, which this model does not quantize); it was searched on another "
+                          f"architecture or recipe.")
+    floated = []
+    for unit in units:
+        if unit.name not in switch.floated and set(unit.layers) <= float_layers:
+            switch.set_float(unit, True)
+            result.reverted_units[unit.name] = (f"latency on {placement['target']}: placement searched on "
+                                                f"{placement['model']} at input {placement['input']}")
+            floated.append(unit.name)
+    return {"target": placement["target"], "verdict": placement["verdict"], "from": placement.get("source"),
+            "searched_on": {"model": placement["model"], "input": placement["input"]},
+            "floated_units": floated, "steps": []}
+
+
+def _floated_layers(units: list[Unit], switch: FloatSwitch) -> list[str]:
+    return [layer for u in units if u.name in switch.floated for layer in u.layers]

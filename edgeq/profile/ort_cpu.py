@@ -60,10 +60,11 @@ class LatencyProbe:
     def infer(self) -> None:
         self.sess.run(None, {self.name: self.x})
 
-    def step(self) -> None:
+    def step(self, record: bool = True) -> None:
         start = time.perf_counter()
         self.infer()
-        self.times.append((time.perf_counter() - start) * 1000.0)
+        if record:
+            self.times.append((time.perf_counter() - start) * 1000.0)
 
     def measurement(self, warmup: int):
         from .latency import Measurement

@@ -135,7 +135,7 @@ class FallbackSpec:
 
     latency_search: bool = False     # time int8 vs float placements on the target; keep what is faster
     outliers: bool = True            # activations with outlier channel blocks stay in float
-    outlier_ratio: float = 64.0      # largest / median channel-block max |x| above which a tensor is an outlier
+    outlier_ratio: float = 64.0      # largest channel-block max |x| / median channel max: above it, an outlier
 
     def validate(self, where: str) -> "FallbackSpec":
         for key in ("latency_search", "outliers"):

@@ -1,0 +1,220 @@
+"""Fallback: outlier blocks, sensitivity, accuracy budget, latency-aware placement, OpenVINO target."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeq import api
+from edgeq.bundle import float_graph, quantized_graph, read_bundle
+from edgeq.cli import main
+from edgeq.fallback.surgery import float_units, scope
+from edgeq.metrics import cosine
+from edgeq.profile import openvino_cpu, ort_cpu
+
+from conftest import TESTS
+
+OUTLIER = f"{TESTS / 'tiny_models.py'}:outlier_net"
+DEPTHWISE = f"{TESTS / 'tiny_models.py'}:depthwise_heavy"
+
+
+@pytest.fixture(autouse=True)
+def latency_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def outlier_calib(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "calib16.npy"
+    np.save(path, rng.standard_normal((64, 3, 16, 16)).astype(np.float32))
+    eval_path = path.with_name("eval16.npy")
+    np.save(eval_path, rng.standard_normal((64, 3, 16, 16)).astype(np.float32))
+    return path, eval_path
+
+
+def layers(bundle):
+    return json.loads((bundle / "manifest.json").read_text())["layers"]
+
+
+def module_of(bundle, module):
+    return next(name for name, d in layers(bundle).items() if d["module"] == module)
+
+
+def bundle_cosine(bundle, x):
+    b = read_bundle(bundle)
+    with torch.no_grad():
+        ref = float_graph(b)(torch.from_numpy(x)).numpy()
+        out = quantized_graph(b)(torch.from_numpy(x)).numpy()
+    return cosine(ref, out)
+
+
+def test_budget_reverts_exactly_the_fragile_layer(tmp_path, outlier_calib):
+    calib, evaluation = outlier_calib
+    out = tmp_path / "o.edgeq"
+    assert bundle_cosine_before(tmp_path, calib, evaluation) < 0.999  # the budget is not met without fallback
+    r = api.quantize(OUTLIER, str(calib), "w8a8-fast", out, min_cosine=0.999, eval_data=str(evaluation))
+    assert r["fallback"]["budget_met"] is True
+    floated = {n: d for n, d in layers(out).items() if not d["quantized"]}
+    assert [d["module"] for d in floated.values()] == ["fragile"]
+    assert "accuracy budget" in next(iter(floated.values()))["reason"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps = manifest["fallback"]["budget"]["reverted"]
+    assert [s["layers"] for s in steps] == [[module_of(out, "fragile")]]
+    # what the search reports is what the written bundle does
+    assert bundle_cosine(out, np.load(evaluation)) >= 0.999
+
+
+def bundle_cosine_before(tmp_path, calib, evaluation):
+    plain = tmp_path / "plain.edgeq"
+    api.quantize(OUTLIER, str(calib), "w8a8-fast", plain)
+    return bundle_cosine(plain, np.load(evaluation))
+
+
+def test_outlier_blocks_are_detected_and_kept_float(tmp_path, outlier_calib):
+    calib, _ = outlier_calib
+    out = tmp_path / "o.edgeq"
+    api.quantize(OUTLIER, str(calib), "w8a8", out, iters=5, batch_size=16, latency_search=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = manifest["fallback"]["outliers"]
+    floated = [d["module"] for d in manifest["layers"].values() if not d["quantized"]]
+    assert floated == ["fragile"], report
+    assert len(report["flagged"]) == 1
+    ratios = sorted(report["ratios"].values())
+    assert ratios[-1] > 1000 and ratios[-2] < report["threshold"]
+    assert "outlier channel blocks" in manifest["layers"][module_of(out, "fragile")]["reason"]
+
+
+def test_sensitivity_ranks_the_fragile_unit_first(outlier_calib):
+    calib, _ = outlier_calib
+    r = api.inspect(OUTLIER, sensitivity=True, calib=str(calib))
+    s = r["sensitivity"]
+    units = s["units"]
+    assert len(units) == 5 and len(s["blocks"]) >= 1
+    first = units[0]
+    assert first["only_quantized"]["sqnr_db"] < units[1]["only_quantized"]["sqnr_db"] - 10
+    assert first["only_float"]["sqnr_db"] > s["all_quantized"]["sqnr_db"] + 10
+    fragile = [n for n in r["layers"] if r["layers"][n]["module"] == "fragile"] if isinstance(r["layers"], dict) \
+        else [layer["name"] for layer in r["layers"] if layer["module"] == "fragile"]
+    assert first["layers"] == fragile
+
+
+def test_inspect_sensitivity_cli_with_labels(labelled_npz, calib_npy, tiny_spec):
+    result = CliRunner().invoke(main, ["inspect", tiny_spec, "--sensitivity", "--calib", str(calib_npy),
+                                       "--eval", str(labelled_npz), "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output)["sensitivity"]
+    assert s["labelled"] and "top1_drop_pp" in s["units"][0]["only_quantized"]
+    sqnrs = [u["only_quantized"]["sqnr_db"] for u in s["units"]]
+    assert sqnrs == sorted(sqnrs)
+    text = CliRunner().invoke(main, ["inspect", tiny_spec, "--sensitivity", "--calib", str(calib_npy)])
+    assert text.exit_code == 0 and "most sensitive first" in text.output
+
+
+def test_unreachable_budget_keeps_best_model_under_another_name(tmp_path, outlier_calib):
+    calib, evaluation = outlier_calib
+    out = tmp_path / "o.edgeq"
+    result = CliRunner().invoke(main, ["quantize", "--model", OUTLIER, "--calib", str(calib), "--recipe",
+                                       "w8a8-fast", "--min-cosine", "1.0", "--eval", str(evaluation), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "cannot be met" in result.output and "o.best-effort.edgeq" in result.output
+    assert not out.exists()
+    best = tmp_path / "o.best-effort.edgeq"
+    assert (best / "manifest.json").is_file()
+    manifest = json.loads((best / "manifest.json").read_text())
+    assert manifest["fallback"]["budget"]["met"] is False
+    assert sum(d["quantized"] for d in manifest["layers"].values()) == 1  # all but one unit tried in float
+
+
+def test_placement_keeps_slow_depthwise_region_float(tmp_path):
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((16, 3, 112, 112)).astype(np.float32))
+    out = tmp_path / "d.edgeq"
+    r = api.quantize(DEPTHWISE, str(calib), "w8a8", out, iters=2, batch_size=8)
+    manifest = json.loads((out / "manifest.json").read_text())
+    placement = manifest["fallback"]["placement"]
+    assert placement["target"] == "ort-cpu" and placement["steps"], placement
+    dw = {n: d for n, d in manifest["layers"].items() if d["op"] == "dwconv"}
+    assert len(dw) == 3
+    assert all(not d["quantized"] and d["reason"].startswith("latency on ort-cpu") for d in dw.values()), \
+        json.dumps(placement["steps"], indent=1)
+    # every decision is listed: each float layer has a reason, each step its two timings
+    for d in manifest["layers"].values():
+        assert d["reason"]
+    assert all({"int8_ms", "float_ms", "decision"} <= set(s) for s in placement["steps"])
+    assert r["fallback"]["target"] == "ort-cpu"
+    # the latency cache makes the same search replay without measuring
+    again = tmp_path / "d2.edgeq"
+    api.quantize(DEPTHWISE, str(calib), "w8a8", again, iters=2, batch_size=8)
+    replay = json.loads((again / "manifest.json").read_text())["fallback"]["placement"]
+    assert replay["measurements"] == 0 and replay["cache_hits"] >= len(placement["steps"])
+    assert replay["floated_units"] == placement["floated_units"]
+
+
+def test_surgery_floats_units_in_the_onnx_graph(tmp_path, tiny_bundle, calib_npy):
+    api.export(tiny_bundle, "onnx", tmp_path / "q.onnx", precision="int8")
+    api.export(tiny_bundle, "onnx", tmp_path / "f.onnx", precision="fp32")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    acts = {scope(n) for n in model.graph.node if (scope(n) or "").startswith("edgeq_act_")}
+    layers_q = [n for n, d in layers(tiny_bundle).items() if d["quantized"]]
+    assert len(acts) >= 5
+    one = sorted(acts)[0]
+    partial = float_units(model, {one}, set())
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    assert count(partial, "QuantizeLinear") == count(model, "QuantizeLinear") - 1
+    everything = float_units(model, acts, set(layers_q))
+    assert count(everything, "QuantizeLinear") == 0 and count(everything, "DequantizeLinear") == 0
+    x = np.load(calib_npy)[:8]
+    ref = ort_cpu.run(ort_cpu.session(tmp_path / "f.onnx"), x)
+    onnx.save(everything, str(tmp_path / "e.onnx"))
+    got = ort_cpu.run(ort_cpu.session(tmp_path / "e.onnx"), x)
+    assert cosine(ref, got) > 0.9999
+
+
+def test_openvino_target_runs_the_same_onnx(tmp_path, tiny_bundle, calib_npy):
+    api.export(tiny_bundle, "onnx", tmp_path / "f.onnx", precision="fp32")
+    api.export(tiny_bundle, "onnx", tmp_path / "q.onnx", precision="int8")
+    x = np.load(calib_npy)[:16]
+    for name in ("f.onnx", "q.onnx"):
+        ort_out = ort_cpu.run(ort_cpu.session(tmp_path / name), x)
+        ov_out = openvino_cpu.run(openvino_cpu.compile_model(tmp_path / name, 2), x)
+        assert cosine(ort_out, ov_out) > 0.999, name
+    r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, target="openvino-cpu", batch=2)
+    assert r["target"] == "openvino-cpu" and r["batch"] == 2 and r["p50_ms"] > 0
+
+
+def test_placement_from_another_bundle(tmp_path, calib_npy, tiny_spec):
+    src = tmp_path / "src.edgeq"
+    api.quantize(tiny_spec, str(calib_npy), "w8a8", src, iters=2, batch_size=16)
+    dst = tmp_path / "dst.edgeq"
+    api.quantize(tiny_spec, str(calib_npy), "w8a8", dst, iters=2, batch_size=16, placement_from=str(src))
+    quantized = lambda b: sorted(n for n, d in layers(b).items() if d["quantized"])  # noqa: E731
+    assert quantized(src) == quantized(dst)
+    assert json.loads((dst / "manifest.json").read_text())["fallback"]["placement"]["from"] == str(src)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-drop", "-1", "--eval", "EVAL"], "cannot be negative"),
+    (["--max-drop", "0.5"], "needs labelled evaluation data"),
+    (["--max-drop", "0.5", "--eval", "UNLABELLED"], "use --min-cosine"),
+    (["--min-cosine", "0.99", "--eval", "WRONGSHAPE"], "evaluation"),
+    (["--min-cosine", "0.99", "--max-drop", "1", "--eval", "EVAL"], "either --max-drop or --min-cosine"),
+    (["--eval", "EVAL"], "add --max-drop"),
+    (["--target", "tpu"], "tpu"),
+    (["--placement-from", "NOPE"], "neither an edgeq bundle nor a placement file"),
+])
+def test_budget_bad_input(tmp_path, calib_npy, labelled_npz, tiny_spec, args, fragment):
+    np.save(tmp_path / "unlabelled.npy", np.zeros((4, 3, 32, 32), np.float32))
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 16, 16), np.float32))
+    sub = {"EVAL": str(labelled_npz), "UNLABELLED": str(tmp_path / "unlabelled.npy"),
+           "WRONGSHAPE": str(tmp_path / "wrong.npy"), "NOPE": str(tmp_path / "nope.json")}
+    out = tmp_path / "out.edgeq"
+    result = CliRunner().invoke(main, ["quantize", "--model", tiny_spec, "--calib", str(calib_npy),
+                                       "--recipe", "w8a8-fast", "-o", str(out), *[sub.get(a, a) for a in args]])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert not out.exists() and not (tmp_path / "out.best-effort.edgeq").exists()
