@@ -1,6 +1,5 @@
 """Fallback: outlier blocks, sensitivity, accuracy budget, latency-aware placement, OpenVINO target."""
 import json
-import os
 
 import numpy as np
 import onnx

@@ -57,6 +57,7 @@ class FallbackRun:
     target: str = DEFAULT_TARGET
     latency_search: bool | None = None   # None: the recipe decides
     placement: dict | None = None        # a placement found earlier (read_placement), applied instead of a search
+    _budget_metric: budget_search.BudgetMetric | None = field(default=None, init=False, repr=False)
 
     def apply(self, q, data: Dataset, out: Path) -> FallbackResult:
         start = time.perf_counter()
@@ -73,23 +74,25 @@ class FallbackRun:
             result.report["placement"] = _apply_placement(self.placement, units, switch, result)
         elif search:
             result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
-        if self.budget is not None and result.report.get("placement"):
-            final = self._metric(q, data, switch).measure(q.gm)
+        if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
+            metric = self._metric(q, data, switch)
+            final = metric.measure(q.gm)
             result.report["budget"]["after_placement"] = final
-            result.budget_met = self._metric(q, data, switch).holds(final)
+            result.budget_met = metric.holds(final)
         result.fidelity = compare(q.float_out, _run(q, q.samples))
         result.seconds = time.perf_counter() - start
         return result
 
     def _metric(self, q, data: Dataset, switch: FloatSwitch) -> budget_search.BudgetMetric:
-        if not hasattr(self, "_cached_metric"):
+        """The budget judged on the evaluation data (or the calibration data), against the float model."""
+        if self._budget_metric is None:
             source = self.eval_data if self.eval_data is not None else data
             labels = source.labels if self.budget.max_drop is not None else None
             with switch.floating(build_units(q.records, q.block_map)):
                 float_out = _run(q, source.x)
-            self._cached_metric = budget_search.BudgetMetric(
+            self._budget_metric = budget_search.BudgetMetric(
                 self.budget, sensitivity.Probe(source.x, float_out, labels, q.batch_size))
-        return self._cached_metric
+        return self._budget_metric
 
     def _budget(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
         calib = data.x[:SENSITIVITY_SAMPLES]
@@ -103,8 +106,7 @@ class FallbackRun:
             report = budget_search.search(q.gm, switch, [u for u in units if u.name not in switch.floated],
                                           metric, [r["unit"] for r in ranking["units"]])
         for step in report["reverted"]:
-            after = step["after"]
-            result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(after)}"
+            result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(step['after'])}"
         result.budget_met = report["met"]
         report["sensitivity_top"] = ranking["units"][:10]
         report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.x),
@@ -163,13 +165,11 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
     report["export_seconds"] = round(export_seconds, 2)
     reasons = {}
     for step in report["steps"]:
+        step["units"] = [to_old[n] for n in step["units"]]
         for name in step["units"]:
-            step_units = step.setdefault("unit_names", [])
-            step_units.append(to_old[name])
-            if step["decision"] == "float":
-                reasons[to_old[name]] = (f"latency on {target}: {step['candidate']} in float "
-                                         f"{step['float_ms']} ms vs int8 {step['int8_ms']} ms")
-        step["units"] = step.pop("unit_names")
+            if step["decision"] == "float" and name not in reasons:  # the step that floated it
+                reasons[name] = (f"latency on {target}: {step['candidate']} in float {step['float_ms']} ms "
+                                 f"vs int8 {step['int8_ms']} ms")
     report["floated_units"] = sorted(to_old[n] for n in report["floated_units"])
     by_name = {u.name: u for u in live}
     for name in report["floated_units"]:
@@ -202,14 +202,16 @@ def read_placement(source: str | Path) -> dict:
             "target": placement["target"], "verdict": placement["verdict"],
             "float_layers": sorted(n for n, d in layers.items()
                                    if not d["quantized"] and d["reason"].startswith("latency on")),
-            "int8_layers": sorted(n for n, d in layers.items() if d["quantized"])}
+            "int8_layers": sorted(n for n, d in layers.items() if d["quantized"]),
+            "search": {k: placement.get(k) for k in ("fp32_ms", "all_int8_ms", "final", "steps", "seconds",
+                                                     "export_seconds", "measurements", "cache_hits")}}
 
 
 def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
     from ..errors import BundleError
     known = {layer for u in units for layer in u.layers}
     float_layers = set(placement["float_layers"])
-    missing = sorted((float_layers | set(placement["int8_layers"])) - known - set(_floated_layers(units, switch)))
+    missing = sorted((float_layers | set(placement["int8_layers"])) - known)
     if missing:
         raise BundleError(f"the placement from {placement.get('source')} does not fit this model (it names layer "
                           f"{missing[0]!r}, which this model does not quantize); it was searched on another "
@@ -225,6 +227,3 @@ def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, re
             "searched_on": {"model": placement["model"], "input": placement["input"]},
             "floated_units": floated, "steps": []}
 
-
-def _floated_layers(units: list[Unit], switch: FloatSwitch) -> list[str]:
-    return [layer for u in units if u.name in switch.floated for layer in u.layers]
