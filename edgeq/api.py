@@ -268,8 +268,9 @@ def evaluate(artifact: str | Path, data: str = "zoo:test", *, limit: int | None 
 
 
 def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: int = 10,
-            batch: int = 1, target: str = "ort-cpu") -> dict:
-    """Latency of one artifact on ``target`` (warm-up, then p50/p90/p99 over ``runs``)."""
+            batch: int = 1, target: str = "ort-cpu", ops: bool = False) -> dict:
+    """Latency of one artifact on ``target`` (warm-up, then p50/p90/p99 over ``runs``); with ``ops``, also
+    the time per op type and the kernel the runtime picked, from the runtime's own profiler."""
     from .envinfo import machine, package_versions
     from .export.onnx import read_artifact
     from .profile.latency import measure_interleaved
@@ -279,5 +280,16 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     record = read_artifact(artifact)
     m = measure_interleaved({"model": artifact}, runs=runs, warmup=warmup, batch=batch, threads=threads,
                             target=target)["model"]
-    return {"artifact": str(artifact), "precision": record.get("precision"), **m.to_dict(),
-            "env": {"machine": machine(), **package_versions(("onnxruntime", "openvino"))}}
+    result = {"artifact": str(artifact), "precision": record.get("precision"), **m.to_dict(),
+              "env": {"machine": machine(), **package_versions(("onnxruntime", "openvino"))}}
+    if ops:
+        from .profile.ort_cpu import random_input
+        from .profile.targets import get_target
+        x = random_input(artifact, record.get("input", {}).get("shape") or _onnx_shape(artifact), batch, 0)
+        result["ops"] = get_target(target).ops(artifact, x, max(5, min(runs, 50)), threads)
+    return result
+
+
+def _onnx_shape(artifact) -> list:
+    from .profile.ort_cpu import input_info, session
+    return input_info(session(artifact))[1]

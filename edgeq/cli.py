@@ -237,14 +237,21 @@ def eval_cmd(artifact, data, limit, reference, threads, as_json):
 @click.option("--warmup", default=10, show_default=True, type=int)
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu or openvino-cpu.")
+@click.option("--ops", is_flag=True, help="Also show time per op type and the kernel the runtime chose.")
 @command
-def profile(artifact, threads, runs, warmup, batch, target, as_json):
-    """ONNX Runtime CPU latency (p50/p90/p99) of an exported artifact."""
+def profile(artifact, threads, runs, warmup, batch, target, ops, as_json):
+    """Latency (p50/p90/p99) of an exported artifact on ONNX Runtime or OpenVINO CPU."""
     from . import api
-    result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch, target=target)
-    _emit(result, as_json, lambda r: click.echo(
-        f"{r['artifact']} on {r['target']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
-        f"(batch {r['batch']}, {r['threads']} threads, {r['runs']} runs after {r['warmup']} warm-up)"))
+    result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch, target=target, ops=ops)
+    _emit(result, as_json, _print_profile)
+
+
+def _print_profile(r: dict) -> None:
+    click.echo(f"{r['artifact']} on {r['target']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
+               f"p99 {r['p99_ms']:.3f} ms (batch {r['batch']}, {r['threads']} threads, {r['runs']} runs after "
+               f"{r['warmup']} warm-up)")
+    for op, info in (r.get("ops") or {}).items():
+        click.echo(f"  {info['ms']:8.3f} ms  {info['nodes']:4d} x  {op}")
 
 
 @main.command()

@@ -181,8 +181,11 @@ def test_openvino_target_runs_the_same_onnx(tmp_path, tiny_bundle, calib_npy):
         ort_out = ort_cpu.run(ort_cpu.session(tmp_path / name), x)
         ov_out = openvino_cpu.run(openvino_cpu.compile_model(tmp_path / name, 2), x)
         assert cosine(ort_out, ov_out) > 0.999, name
-    r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, target="openvino-cpu", batch=2)
+    r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, target="openvino-cpu", batch=2, ops=True)
     assert r["target"] == "openvino-cpu" and r["batch"] == 2 and r["p50_ms"] > 0
+    assert any("I8" in info["kernel"] for info in r["ops"].values()), r["ops"]  # int8 kernels were picked
+    r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, ops=True)
+    assert {"MatMulIntegerToFloat", "DequantizeLinear"} <= set(r["ops"]), r["ops"]
 
 
 def test_placement_from_another_bundle(tmp_path, calib_npy, tiny_spec):

@@ -76,3 +76,27 @@ class LatencyProbe(_OrtProbe):
 
     def infer(self) -> None:
         self.request.infer({0: self.x})
+
+
+def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:
+    """Time per inference by layer type and the kernel OpenVINO chose (its exec type names the precision,
+    e.g. ``jit_avx2_I8`` vs ``jit_avx2_FP32``), from the CPU plugin's performance counters."""
+    ov = _openvino()
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    totals: dict[tuple, float] = {}
+    counts: dict[tuple, int] = {}
+    for _ in range(runs):
+        request.infer({0: x})
+        for info in request.profiling_info:
+            if info.real_time.total_seconds() <= 0:
+                continue
+            key = (info.node_type, info.exec_type)
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000.0 / runs
+            counts[key] = counts.get(key, 0) + 1
+    return {f"{t} [{k}]": {"ms": round(ms, 3), "nodes": counts[(t, k)] // runs, "kernel": k}
+            for (t, k), ms in sorted(totals.items(), key=lambda kv: -kv[1])}

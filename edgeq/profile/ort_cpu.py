@@ -77,3 +77,33 @@ def random_input(path, shape: list, batch: int, seed: int) -> np.ndarray:
         raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
     dims = [batch if i == 0 else (d if isinstance(d, int) else 1) for i, d in enumerate(shape)]
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:
+    """Time per inference by op type, from ONNX Runtime's own profiler (after its graph fusions, so an
+    int8 kernel shows as e.g. QLinearConv or MatMulIntegerToFloat)."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory(prefix="edgeq-ortprof-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "p")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name, _ = input_info(sess)
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        entry = totals.setdefault(op, {"ms": 0.0, "nodes": set()})
+        entry["ms"] += e["dur"] / 1000.0 / runs
+        entry["nodes"].add(e["name"])
+    return {op: {"ms": round(v["ms"], 3), "nodes": len(v["nodes"]), "kernel": op}
+            for op, v in sorted(totals.items(), key=lambda kv: -kv[1]["ms"])}

@@ -23,6 +23,7 @@ class Target:
     description: str
     probe: Callable         # (path, batch, threads) -> LatencyProbe
     outputs: Callable       # (path, x, threads) -> np.ndarray
+    ops: Callable           # (path, x, runs, threads) -> {op type: {ms, nodes, kernel}}
 
 
 def _ort_probe(path, batch, threads):
@@ -33,6 +34,16 @@ def _ort_probe(path, batch, threads):
 def _ort_outputs(path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     from . import ort_cpu
     return ort_cpu.run(ort_cpu.session(path, threads), x)
+
+
+def _ort_ops(path, x, runs, threads):
+    from .ort_cpu import op_breakdown
+    return op_breakdown(path, x, runs, threads)
+
+
+def _ov_ops(path, x, runs, threads):
+    from .openvino_cpu import op_breakdown
+    return op_breakdown(path, x, runs, threads)
 
 
 def _ov_probe(path, batch, threads):
@@ -46,9 +57,10 @@ def _ov_outputs(path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
 
 
 TARGETS = {
-    "ort-cpu": Target("ort-cpu", "ort", "ONNX Runtime, CPU execution provider", _ort_probe, _ort_outputs),
+    "ort-cpu": Target("ort-cpu", "ort", "ONNX Runtime, CPU execution provider", _ort_probe, _ort_outputs,
+                      _ort_ops),
     "openvino-cpu": Target("openvino-cpu", "openvino", "OpenVINO, CPU plugin (f32 inference precision)",
-                           _ov_probe, _ov_outputs),
+                           _ov_probe, _ov_outputs, _ov_ops),
 }
 
 
