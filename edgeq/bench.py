@@ -57,15 +57,20 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, r
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
     try:
         for suite_name, name in ui.track(plan, "benchmarking"):
-            rows += bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit, work / f"{suite_name}-{name}", searches,
-                                out_dir / "placements")
+            rows += bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit, work / f"{suite_name}-{name}",
+                                searches, out_dir / "placements")
+            markdown = _write_report(out_dir, rows)  # after every model: a crash later keeps what was measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {"rows": rows, "markdown": markdown, "json": str(out_dir / "bench.json")}
+
+
+def _write_report(out_dir: Path, rows: list[dict]) -> str:
     report = _merge(out_dir / "bench.json", rows)
     write_text_atomic(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
     write_text_atomic(out_dir / "bench.md", markdown)
-    return {"rows": rows, "markdown": markdown, "json": str(out_dir / "bench.json")}
+    return markdown
 
 
 def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:

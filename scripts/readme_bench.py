@@ -15,25 +15,31 @@ def num(value, fmt="{:.2f}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def floats(r: dict) -> str:
+    return "–" if r.get("units") is None else f"{r['float_units']}/{r['units']}"
+
+
 def zoo_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | variant | top-1 % (ORT) | drop pp | top-1 % (torch fake-quant) | agreement with FP32 % | "
-             "p50 ms | speed-up vs ORT FP32 | PTQ s | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | runtime | top-1 % | drop pp | top-1 % torch | agreement w/ FP32 % | float units | "
+             "PTQ s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {pct(r['top1'])} | {num(r['drop_pp'])} | "
-                     f"{pct(r.get('top1_torch'))} | {pct(r.get('top1_agreement_vs_fp32'))} | "
-                     f"{num(r['latency_ms_p50'])} | "
-                     f"{num(r['speedup_vs_fp32'], '{:.2f}x')} | {num(r['ptq_seconds'], '{:.1f}')} | "
-                     f"{r['artifact_bytes'] / 1e6:.1f} |")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['runtime']} | {pct(r['top1'])} | {num(r['drop_pp'])} | "
+                     f"{pct(r.get('top1_torch'))} | {pct(r.get('top1_agreement_vs_fp32'))} | {floats(r)} | "
+                     f"{num(r['ptq_seconds'], '{:.1f}')} |")
     return lines
 
 
 def speed_table(rows: list[dict]) -> list[str]:
-    variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "fp32"))
-    lines = ["| model | fp32 p50 ms | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        by = {r["variant"]: r for r in rows if r["model"] == model}
-        cells = [num(by[v]["speedup_vs_fp32"], "{:.2f}x") if v in by else "–" for v in variants]
-        lines.append(f"| {model} | {by['fp32']['latency_ms_p50']:.1f} | " + " | ".join(cells) + " |")
+    lines = ["| model | variant | runtime | p50 ms (b1) | vs ORT FP32 (b1) | vs own-runtime FP32 (b1) | "
+             "vs ORT FP32 (b8) | vs own-runtime FP32 (b8) | float units | PTQ s (search s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        search = f" ({r['fallback_seconds']:.0f})" if r.get("fallback_seconds") else ""
+        lines.append(f"| {r['model']} | {r['variant']} | {r['runtime']} | {num(r['latency_ms_p50'])} | "
+                     f"{num(r['speedup_vs_fp32'], '{:.2f}x')} | {num(r.get('speedup_vs_runtime_fp32'), '{:.2f}x')} | "
+                     f"{num(r.get('speedup_vs_fp32_b8'), '{:.2f}x')} | "
+                     f"{num(r.get('speedup_vs_runtime_fp32_b8'), '{:.2f}x')} | {floats(r)} | "
+                     f"{num(r['ptq_seconds'], '{:.0f}')}{search} |")
     return lines
 
 

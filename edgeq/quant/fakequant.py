@@ -266,11 +266,16 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
     """Give activation quantizers alternative schemes to be chosen later by the block output error.
 
     Symmetric vs asymmetric for every one; per-channel vs per-tensor where every consumer is a
-    depthwise/grouped conv (their channels have very different ranges and never mix).
+    depthwise/grouped conv (their channels have very different ranges and never mix) whose output is not
+    quantized again right away (ONNX Runtime would fuse that into QLinearConv, which rejects per-channel
+    input zero-points).
     """
     consumers: dict[str, set[str]] = {}
     for rec in records.values():
-        consumers.setdefault(rec.act_module, set()).add(rec.consumer_op)
+        op = rec.consumer_op
+        if op == "dwconv" and _feeds_quantizer(gm, rec.layer):
+            op = "dwconv-into-int8"  # a runtime fuses DQ→Conv→Q, whose integer kernel takes one input zero-point
+        consumers.setdefault(rec.act_module, set()).add(op)
     count = 0
     for name, ops in consumers.items():
         module: ActQuant = gm.get_submodule(name)
@@ -283,6 +288,11 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
         if specs:
             module.add_candidates(specs, channel_axis=1, seed=seed + count)
             count += 1
+
+
+def _feeds_quantizer(gm: fx.GraphModule, layer: str) -> bool:
+    users = node_by_name(gm, layer).users
+    return any(u.op == "call_module" and isinstance(gm.get_submodule(u.target), ActQuant) for u in users)
 
 
 def freeze_activations(gm: fx.GraphModule) -> dict[str, QParams]:
