@@ -125,15 +125,25 @@ def stage_of(block: str) -> str:
 
 
 def structure_hash(path: Path) -> str:
-    """Hash of what latency depends on: nodes, attributes, initializer shapes and types (not values)."""
+    """Hash of what latency depends on: ops, attributes, wiring, initializer shapes and types — not weight
+    values, and not tensor names (the exporter numbers them differently from one process to the next)."""
     model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: f"{i.data_type}:{list(i.dims)}" for i in model.graph.initializer}
+    ids: dict[str, str] = {}
+
+    def canon(name: str) -> str:
+        if not name:
+            return "-"
+        if name in inits:
+            return "init" + inits[name]
+        return ids.setdefault(name, f"t{len(ids)}")
+
     digest = hashlib.sha256()
     for node in model.graph.node:
-        digest.update(f"{node.op_type}|{','.join(node.input)}|{','.join(node.output)}|".encode())
-        for attr in node.attribute:
+        wiring = ",".join(canon(i) for i in node.input) + ">" + ",".join(canon(o) for o in node.output)
+        digest.update(f"{node.op_type}|{node.domain}|{wiring}|".encode())
+        for attr in sorted(node.attribute, key=lambda a: a.name):
             digest.update(attr.SerializeToString())
-    for init in model.graph.initializer:
-        digest.update(f"{init.name}:{init.data_type}:{list(init.dims)}".encode())
     return digest.hexdigest()[:20]
 
 
