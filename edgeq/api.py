@@ -285,7 +285,7 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     if ops:
         from .profile.ort_cpu import random_input
         from .profile.targets import get_target
-        x = random_input(artifact, record.get("input", {}).get("shape") or _onnx_shape(artifact), batch, 0)
+        x = random_input(artifact, _onnx_shape(artifact), batch, 0)
         result["ops"] = get_target(target).ops(artifact, x, max(5, min(runs, 50)), threads)
     return result
 
