@@ -210,3 +210,21 @@ def test_fisher_objective_and_recipe_knobs(calib_npy, tmp_path):
     choices = [c for r in m["reconstruction"]["regions"] for c in r["choices"].values()]
     assert choices and all(label.endswith("/asym") for c in choices for label in c["losses"])  # no sym tried
     assert m["fidelity_fakequant_vs_float"]["cosine"] > 0.999
+
+
+def test_depthwise_into_conv_exports_and_runs_in_onnxruntime(tmp_path):
+    """Per-channel input scales are not offered where the dwconv output is requantized: ORT would fuse
+    DQ→Conv→Q into QLinearConv, which rejects per-channel input zero-points (fastvit_t8 crashed on it)."""
+    from edgeq.profile import ort_cpu
+    spec = f"{os.path.dirname(__file__)}/tiny_models.py:depthwise_into_conv"
+    data = tmp_path / "c.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "d.edgeq"
+    api.quantize(spec, str(data), "w8a8", out, iters=5, batch_size=16, latency_search=False)
+    regions = json.loads((out / "manifest.json").read_text())["reconstruction"]["regions"]
+    dw_choices = next(r["choices"] for r in regions if r["name"] == "dw")
+    assert dw_choices and not any("per_channel" in label for c in dw_choices.values() for label in c["losses"])
+    record = api.export(out, "onnx", tmp_path / "d.onnx")
+    assert record["fidelity_vs_torch"]["cosine"] > 0.999
+    outputs = ort_cpu.run(ort_cpu.session(tmp_path / "d.onnx"), np.load(data))
+    assert np.isfinite(outputs).all()

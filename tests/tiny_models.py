@@ -205,3 +205,28 @@ class DepthwiseHeavy(nn.Module):
 def depthwise_heavy():
     torch.manual_seed(0)
     return DepthwiseHeavy().eval()
+
+
+class DepthwiseIntoConv(nn.Module):
+    """A depthwise conv whose output goes straight into another conv (ONNX Runtime fuses DQ→Conv→Q there)."""
+
+    edgeq_input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.pw(self.dw(torch.relu(self.stem(x))))
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+def depthwise_into_conv():
+    torch.manual_seed(0)
+    model = DepthwiseIntoConv()
+    with torch.no_grad():  # very different channel ranges: per-channel input scales would win the choice
+        model.stem.weight.mul_(torch.logspace(-2, 1, 16).view(-1, 1, 1, 1))
+    return model.eval()
