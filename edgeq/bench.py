@@ -112,21 +112,17 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
                     "iterations": SPEED_ITERS if short else None, "fallback": q["fallback"]}
             if target and suite == "speed":
                 _save_placement(bundle, placements / f"{name}-{target}.json")
-            for runtime in (targets if target is None else (target,)):
-                artifacts[(recipe, runtime or "")] = info
+            for runtime in (RUNTIMES if target is None else (target,)):
+                artifacts[(recipe, runtime)] = info
         if i == 0:
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
-    for key in [k for k in artifacts if k[1] == ""]:
-        info = artifacts.pop(key)
-        for runtime in RUNTIMES:
-            artifacts[(key[0], runtime)] = info
     spec_in = InputSpec.from_dict(read_artifact(work / "fp32.onnx")["input"])
     calib = load_data("zoo", spec_in, limit=calib_size or 256)
     seconds = ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x)
     for runtime in RUNTIMES:
         artifacts[("fp32", runtime)] = {"path": work / "fp32.onnx", "ptq_seconds": None}
         artifacts[("ort-minmax", runtime)] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
-    keys = sorted(artifacts, key=lambda k: (VARIANT_ORDER(k[0], recipes), RUNTIMES.index(k[1])))
+    keys = sorted(artifacts, key=lambda k: (_variant_rank(k[0], recipes), RUNTIMES.index(k[1])))
     accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) if suite == "zoo" else {}
     latency = {1: _latency(keys, artifacts, runs, 1)}
     if suite == "speed":
@@ -138,7 +134,7 @@ RUNTIMES = ("ort", "openvino")
 TARGET_OF = {"ort": "ort-cpu", "openvino": "openvino-cpu"}
 
 
-def VARIANT_ORDER(variant: str, recipes: list[str]) -> int:  # noqa: N802 - used as a sort key
+def _variant_rank(variant: str, recipes: list[str]) -> int:
     return {"fp32": -2, "ort-minmax": -1}.get(variant, recipes.index(variant) if variant in recipes else 99)
 
 

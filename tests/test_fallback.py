@@ -96,8 +96,7 @@ def test_sensitivity_ranks_the_fragile_unit_first(outlier_calib):
     first = units[0]
     assert first["only_quantized"]["sqnr_db"] < units[1]["only_quantized"]["sqnr_db"] - 10
     assert first["only_float"]["sqnr_db"] > s["all_quantized"]["sqnr_db"] + 10
-    fragile = [n for n in r["layers"] if r["layers"][n]["module"] == "fragile"] if isinstance(r["layers"], dict) \
-        else [layer["name"] for layer in r["layers"] if layer["module"] == "fragile"]
+    fragile = [layer["name"] for layer in r["layers"] if layer["module"] == "fragile"]
     assert first["layers"] == fragile
 
 

@@ -28,7 +28,8 @@ class BlockStats:
     def __call__(self, module, args) -> None:
         x = args[0].detach()
         axis = 1 if x.dim() == 4 else x.dim() - 1
-        per_channel = x.abs().transpose(0, axis).reshape(x.shape[axis], -1).amax(1).float().cpu()
+        others = [d for d in range(x.dim()) if d != axis]
+        per_channel = x.abs().amax(dim=others).float().cpu()
         self.absmax = per_channel if self.absmax is None else torch.maximum(self.absmax, per_channel)
 
     def summary(self) -> dict:

@@ -75,7 +75,7 @@ class FallbackRun:
         elif search:
             result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
         if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
-            metric = self._metric(q, data, switch)
+            metric = self._metric(q, data, units, switch)
             final = metric.measure(q.gm)
             result.report["budget"]["after_placement"] = final
             result.budget_met = metric.holds(final)
@@ -83,12 +83,12 @@ class FallbackRun:
         result.seconds = time.perf_counter() - start
         return result
 
-    def _metric(self, q, data: Dataset, switch: FloatSwitch) -> budget_search.BudgetMetric:
+    def _metric(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch) -> budget_search.BudgetMetric:
         """The budget judged on the evaluation data (or the calibration data), against the float model."""
         if self._budget_metric is None:
             source = self.eval_data if self.eval_data is not None else data
             labels = source.labels if self.budget.max_drop is not None else None
-            with switch.floating(build_units(q.records, q.block_map)):
+            with switch.floating(units):
                 float_out = _run(q, source.x)
             self._budget_metric = budget_search.BudgetMetric(
                 self.budget, sensitivity.Probe(source.x, float_out, labels, q.batch_size))
@@ -98,17 +98,17 @@ class FallbackRun:
         calib = data.x[:SENSITIVITY_SAMPLES]
         with switch.floating(units):
             float_out = _run(q, calib)
+        live = [u for u in units if u.name not in switch.floated]
         with ui.status("ranking units by sensitivity"):
-            ranking = sensitivity.analyse(q.gm, switch, [u for u in units if u.name not in switch.floated],
-                                          sensitivity.Probe(calib, float_out, None, q.batch_size))
-        metric = self._metric(q, data, switch)
+            ranking = sensitivity.rank_units(q.gm, switch, live, sensitivity.Probe(calib, float_out, None,
+                                                                                   q.batch_size))
+        metric = self._metric(q, data, units, switch)
         with ui.status(f"searching for the accuracy budget ({self.budget.describe()})"):
-            report = budget_search.search(q.gm, switch, [u for u in units if u.name not in switch.floated],
-                                          metric, [r["unit"] for r in ranking["units"]])
+            report = budget_search.search(q.gm, switch, live, metric, [r["unit"] for r in ranking])
         for step in report["reverted"]:
             result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(step['after'])}"
         result.budget_met = report["met"]
-        report["sensitivity_top"] = ranking["units"][:10]
+        report["sensitivity_top"] = ranking[:10]
         report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.x),
                                 "labelled": metric.probe.labels is not None}
         return report

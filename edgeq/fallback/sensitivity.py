@@ -47,6 +47,15 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(1, keepdims=True))
 
 
+def rank_units(gm, switch: FloatSwitch, units: list[Unit], probe: Probe) -> list[dict]:
+    """Units, most sensitive first, by their output error when only they are quantized."""
+    rows = []
+    for u in units:
+        with switch.only_quantized([u], units):
+            rows.append({**u.to_dict(), "only_quantized": probe.score(probe.outputs(gm))})
+    return sorted(rows, key=lambda r: r["only_quantized"]["sqnr_db"])
+
+
 def analyse(gm, switch: FloatSwitch, units: list[Unit], probe: Probe) -> dict:
     """Per-unit and per-block sensitivity; leaves the graph as it found it."""
     full = probe.score(probe.outputs(gm))

@@ -7,6 +7,7 @@ quantizer and the weight quantizers of its layers, which is exactly what the bun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 from torch import fx
@@ -118,12 +119,7 @@ def drop_units(float_gm: fx.GraphModule, records: dict[str, LayerQuant], act_qpa
     for layer, rec in kept.items():
         new_name = renamed[layer].act_module
         new_qparams[new_name] = act_qparams[rec.act_module]
-        new_records[layer] = _renamed(rec, new_name)
+        new_records[layer] = dataclasses.replace(rec, act_module=new_name)
     return new_records, new_qparams
-
-
-def _renamed(rec: LayerQuant, act_module: str) -> LayerQuant:
-    import dataclasses
-    return dataclasses.replace(rec, act_module=act_module)
 
 

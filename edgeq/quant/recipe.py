@@ -267,25 +267,16 @@ def recipe_from_dict(data, where: str = "recipe") -> Recipe:
         raise RecipeError(f"{where}: base must name a built-in recipe ({', '.join(BUILTIN)}).")
     _reject_unknown(data, {"name", "description", "weights", "activations", "overrides", "calibration",
                            "reconstruction", "fallback"}, where)
-    weights = _layer_spec(data.get("weights"), base.weights, f"{where}: weights")
-    activations = _layer_spec(data.get("activations"), base.activations, f"{where}: activations")
+    weights = _spec_section(data.get("weights"), base.weights, f"{where}: weights")
+    activations = _spec_section(data.get("activations"), base.activations, f"{where}: activations")
     overrides = tuple(_override(o, weights, activations, f"{where}: overrides[{i}]")
                       for i, o in enumerate(data.get("overrides") or []))
     calib = _calib_spec(data.get("calibration"), base.calibration, f"{where}: calibration")
     recon = _recon_spec(data.get("reconstruction", _INHERIT), base.reconstruction, f"{where}: reconstruction")
-    fallback = _fallback_spec(data.get("fallback"), base.fallback, f"{where}: fallback")
+    fallback = _spec_section(data.get("fallback"), base.fallback, f"{where}: fallback")
     return Recipe(name=str(data.get("name", "custom")), description=str(data.get("description", "")),
                   weights=weights, activations=activations, overrides=overrides, calibration=calib,
                   reconstruction=recon, fallback=fallback)
-
-
-def _fallback_spec(data, default: FallbackSpec, where: str) -> FallbackSpec:
-    if data is None:
-        return default
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where} must be a mapping.")
-    _reject_unknown(data, {f.name for f in dataclasses.fields(FallbackSpec)}, where)
-    return dataclasses.replace(default, **data).validate(where)
 
 
 _INHERIT = object()  # no reconstruction key: take the base recipe's
@@ -311,13 +302,15 @@ def _reject_unknown(data: dict, allowed: set, where: str) -> None:
         raise RecipeError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))}).")
 
 
-def _layer_spec(data, default: LayerSpec, where: str) -> LayerSpec:
+def _spec_section(data, default, where: str):
+    """A mapping overriding fields of ``default`` (a LayerSpec or FallbackSpec), validated; None keeps it."""
     if data is None:
         return default
     if not isinstance(data, dict):
         raise RecipeError(f"{where} must be a mapping.")
-    _reject_unknown(data, {f.name for f in dataclasses.fields(LayerSpec)}, where)
+    _reject_unknown(data, {f.name for f in dataclasses.fields(default)}, where)
     return dataclasses.replace(default, **data).validate(where)
+
 
 
 def _override(data, weights: LayerSpec, activations: LayerSpec, where: str) -> Override:
@@ -336,8 +329,8 @@ def _override(data, weights: LayerSpec, activations: LayerSpec, where: str) -> O
             raise RecipeError(f"{where}: bad regular expression {match[3:]!r}: {exc}.") from None
     return Override(
         match=match, keep_float=bool(data.get("float", False)),
-        weights=_layer_spec(data["weights"], weights, f"{where}.weights") if "weights" in data else None,
-        activations=(_layer_spec(data["activations"], activations, f"{where}.activations")
+        weights=_spec_section(data["weights"], weights, f"{where}.weights") if "weights" in data else None,
+        activations=(_spec_section(data["activations"], activations, f"{where}.activations")
                      if "activations" in data else None))
 
 
