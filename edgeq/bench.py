@@ -126,7 +126,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) if suite == "zoo" else {}
     latency = {1: _latency(keys, artifacts, runs, 1)}
     if suite == "speed":
-        latency[8] = _latency(keys, artifacts, max(10, runs // 8), 8)
+        latency[8] = _latency(keys, artifacts, max(20, runs // 4), 8)
     return [_row(suite, name, k, artifacts[k], accuracy, latency, spec_in) for k in keys]
 
 

@@ -2,14 +2,17 @@
 
 Starting from the all-int8 model, candidates that put a group of units back in float are timed
 against the current placement, interleaved on the target runtime; a candidate is kept when it is
-faster by at least MIN_GAIN. Candidates come in two passes: op classes first (every depthwise-conv
-unit, every dense-conv unit, every linear unit: kernels a runtime may lack a fast int8 form of), then
-one stage at a time in execution order (Q/DQ islands, norms and activations between int8 ops); then
-each stage's units that an op-class step floated are tried back in int8 (a class can be slow overall
-and fast in some stages). Last, the chosen placement is timed against the FP32 model; if it is not faster, every unit goes
-back to float (the model is then never slower than FP32 on that target, and the report says why).
-Measurements are cached per target and machine, keyed by the two graphs' structure, so a repeated
-run replays its decisions quickly.
+confidently faster: paired blocks of runs give the ratio of the two latencies with a bootstrap interval,
+and even the interval's slow end must gain MARGIN (a fixed threshold either chases noise on a quiet model
+or throws away real gains on a noisy one). Candidates come in two passes: op classes first (every
+depthwise-conv unit, every dense-conv unit, every linear unit: kernels a runtime may lack a fast int8 form
+of), then one stage at a time in execution order (Q/DQ islands, norms and activations between int8 ops);
+then each stage's units that an op-class step floated are tried back in int8 (a class can be slow overall
+and fast in some stages). Last, the FP32 model, the all-int8 model and the searched placement are timed
+together and the fastest that is confidently faster than FP32 wins; if neither is, every unit goes back to
+float (the model is then never slower than FP32 on that target, and the report says why).
+Measurements are cached per target and machine, keyed by the graphs' structure, so a repeated run replays
+its decisions quickly.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ import onnx
 from .. import ui
 from ..envinfo import machine
 from ..fsutil import write_text_atomic
+from ..profile.latency import Ratio
 from ..profile.targets import get_target
 from .surgery import float_units
 from .units import Unit
 
-MIN_GAIN = 0.03
+MARGIN = 0.01
 PAIR_BUDGET_MS = 2500.0
 
 
@@ -37,7 +41,7 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
     """``int8_path``: the QDQ export with every unit in int8. The FP32 reference is the same graph with every
     unit floated by surgery (the float model's graph, weights dequantized: same latency, no second export)."""
     start = time.perf_counter()
-    timer = PairTimer(target, threads, batch)
+    timer = Timer(target, threads, batch)
     int8 = onnx.load(str(int8_path))
     layers = {u.name: u.layers for u in units}
     all_units = set(layers)
@@ -51,18 +55,15 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
 
         build_seconds: list[float] = []
         steps: list[dict] = []
-        fp32_path = build(all_units)
         current, floated, by_stage = int8_path, set(), set()
-        t_fp32, t_int8 = timer.pair(fp32_path, int8_path)
         for label, group in ui.track(candidates(units), f"placement search on {target}"):
             todo = {u.name for u in group} - floated
             if not todo:
                 continue
             trial = build(floated | todo)
-            t_int8_now, t_float = timer.pair(current, trial)
-            keep = t_float <= t_int8_now * (1 - MIN_GAIN)
-            steps.append({"candidate": label, "units": sorted(todo), "int8_ms": t_int8_now, "float_ms": t_float,
-                          "decision": "float" if keep else "int8"})
+            r = timer.compare(current, [trial])[0]
+            keep = r.faster(MARGIN)
+            steps.append(_step(label, todo, r.reference_ms, r.candidate_ms, r, "float" if keep else "int8"))
             if keep:
                 floated, current = floated | todo, trial
                 by_stage |= todo if label.startswith("stage ") else set()
@@ -72,26 +73,47 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             if not back:
                 continue
             trial = build(floated - back)
-            t_float, t_int8_now = timer.pair(current, trial)
-            keep_int8 = t_int8_now <= t_float * (1 - MIN_GAIN)
-            steps.append({"candidate": f"{label} back to int8", "units": sorted(back), "int8_ms": t_int8_now,
-                          "float_ms": t_float, "decision": "int8" if keep_int8 else "float"})
+            r = timer.compare(current, [trial])[0]
+            keep_int8 = r.faster(MARGIN)
+            steps.append(_step(f"{label} back to int8", back, r.candidate_ms, r.reference_ms, r,
+                               "int8" if keep_int8 else "float"))
             if keep_int8:
                 floated, current = floated - back, trial
-        t_fp32_final, t_final = timer.pair(fp32_path, current, factor=2)
-    if floated == all_units:
-        verdict = "every unit was faster in float on this target"
-    elif t_final > t_fp32_final * (1 - MIN_GAIN):
-        verdict = "the best int8 placement was not faster than FP32 on this target; every unit stays in float"
-        floated = set(all_units)
-    else:
-        verdict = "int8 placement faster than FP32"
+        final, floated, verdict = _final(timer, build(all_units), int8_path, current, floated, all_units)
     timer.save()
-    return {"target": target, "batch": batch, "threads": threads, "fp32_ms": t_fp32, "all_int8_ms": t_int8,
-            "final": {"fp32_ms": t_fp32_final, "placement_ms": t_final}, "verdict": verdict,
+    return {"target": target, "batch": batch, "threads": threads, "fp32_ms": final["fp32_ms"],
+            "all_int8_ms": final["all_int8_ms"], "final": final, "verdict": verdict,
             "floated_units": sorted(floated), "steps": steps, "cache_hits": timer.hits,
             "measurements": timer.measured, "build_seconds": round(sum(build_seconds), 2),
             "measure_seconds": round(timer.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _step(label: str, units: set[str], int8_ms: float, float_ms: float, r: Ratio, decision: str) -> dict:
+    return {"candidate": label, "units": sorted(units), "int8_ms": int8_ms, "float_ms": float_ms,
+            "ratio": r.ratio, "interval": [r.low, r.high], "decision": decision}
+
+
+def _final(timer: "Timer", fp32: Path, int8: Path, current: Path, floated: set[str], all_units: set[str]):
+    """FP32, all-int8 and the searched placement timed together; the fastest confidently-faster one wins."""
+    options = {"all-int8": (int8, set())}
+    if floated and floated != all_units:
+        options["searched placement"] = (current, floated)
+    ratios = dict(zip(options, timer.compare(fp32, [path for path, _ in options.values()], factor=2)))
+    final = {"fp32_ms": ratios["all-int8"].reference_ms, "all_int8_ms": ratios["all-int8"].candidate_ms,
+             "vs_fp32": {name: {"ms": r.candidate_ms, "ratio": r.ratio, "interval": [r.low, r.high]}
+                         for name, r in ratios.items()}}
+    winners = sorted((r.ratio, name) for name, r in ratios.items() if r.faster(MARGIN))
+    if not winners:
+        best = min(ratios.values(), key=lambda r: r.ratio)
+        final["chosen"] = "fp32"
+        return final, set(all_units), (f"no int8 placement was confidently faster than FP32 on this target (best "
+                                       f"{best.ratio:.3f}x the FP32 time, 90 % interval {best.low:.3f}–"
+                                       f"{best.high:.3f}); every unit stays in float")
+    ratio, name = winners[0]
+    r = ratios[name]
+    final["chosen"] = name
+    return final, options[name][1], (f"{name} is {1 / ratio:.2f}x faster than FP32 (time ratio {ratio:.3f}, 90 % "
+                                     f"interval {r.low:.3f}–{r.high:.3f})")
 
 
 def candidates(units: list[Unit]) -> list[tuple[str, list[Unit]]]:
@@ -151,15 +173,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_CACHE_DIR", Path.home() / ".cache" / "edgeq")) / "latency"
 
 
-class PairTimer:
-    """Times two models interleaved on one target; remembers results per (machine, target) on disk."""
+class Timer:
+    """Times candidates against a reference, interleaved on one target; remembers results per (machine,
+    target) on disk."""
 
     def __init__(self, target: str, threads: int, batch: int):
         self.target, self.threads, self.batch = target, threads, batch
         get_target(target)
         info = machine()
         self.path = cache_dir() / f"{target}.json"
-        self.prefix = f"{info.get('processor')}|{info.get('cpu_count')}|t{threads}|b{batch}"
+        self.prefix = f"v2|{info.get('processor')}|{info.get('cpu_count')}|t{threads}|b{batch}"
         self.entries = self._load()
         self.hits = self.measured = 0
         self.seconds = 0.0
@@ -170,23 +193,23 @@ class PairTimer:
         except (OSError, ValueError):
             return {}
 
-    def pair(self, a: Path, b: Path, factor: int = 1) -> tuple[float, float]:
-        from ..profile.latency import measure_interleaved
-        key = f"{self.prefix}|{structure_hash(a)}|{structure_hash(b)}|x{factor}"
+    def compare(self, reference: Path, candidates: list[Path], factor: int = 1) -> list[Ratio]:
+        from ..profile.latency import compare, measure_interleaved
+        key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}"])
         if key in self.entries:
             self.hits += 1
-            return tuple(self.entries[key])
+            return [Ratio(*r) for r in self.entries[key]]
         began = time.perf_counter()
-        probe = measure_interleaved({"a": a}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
+        probe = measure_interleaved({"a": reference}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
                                     target=self.target)["a"]
-        runs = max(10, min(60, int(PAIR_BUDGET_MS / max(probe.p50_ms, 0.05) / 2))) * factor
-        m = measure_interleaved({"a": a, "b": b}, runs=runs, warmup=3, batch=self.batch, threads=self.threads,
-                                target=self.target)
+        per_model = PAIR_BUDGET_MS / max(probe.p50_ms, 0.05) / 2
+        runs = max(30, min(60, int(per_model))) * factor
+        ratios = compare(reference, candidates, runs=runs, batch=self.batch, threads=self.threads,
+                         target=self.target)
         self.measured += 1
         self.seconds += time.perf_counter() - began
-        self.entries[key] = [m["a"].p50_ms, m["b"].p50_ms]
-        return m["a"].p50_ms, m["b"].p50_ms
-
+        self.entries[key] = [[r.reference_ms, r.candidate_ms, r.ratio, r.low, r.high] for r in ratios]
+        return ratios
     def save(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

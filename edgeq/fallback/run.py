@@ -169,7 +169,8 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
         for name in step["units"]:
             if step["decision"] == "float" and name not in reasons:  # the step that floated it
                 reasons[name] = (f"latency on {target}: {step['candidate']} in float {step['float_ms']} ms "
-                                 f"vs int8 {step['int8_ms']} ms")
+                                 f"vs int8 {step['int8_ms']} ms (paired ratio {step['ratio']}, 90 % interval "
+                                 f"{step['interval'][0]}–{step['interval'][1]})")
     report["floated_units"] = sorted(to_old[n] for n in report["floated_units"])
     by_name = {u.name: u for u in live}
     for name in report["floated_units"]:

@@ -47,6 +47,11 @@ def measure_interleaved(paths: dict[str, str | Path | tuple[str | Path, str]], r
     starts with one untimed run: thread pools of the model that ran before (ONNX Runtime's spin-waiting
     workers, OpenVINO's) still hold the cores for a moment and would otherwise bill it to this model.
     """
+    probes = _interleave(paths, runs, warmup, batch, threads, target, block)
+    return {key: probe.measurement(warmup) for key, probe in probes.items()}
+
+
+def _interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int, target: str, block: int) -> dict:
     probes = {}
     for key, value in paths.items():
         path, tgt = value if isinstance(value, tuple) else (value, target)
@@ -60,4 +65,41 @@ def measure_interleaved(paths: dict[str, str | Path | tuple[str | Path, str]], r
             probe.step(record=False)
             for _ in range(block):
                 probe.step()
-    return {key: probe.measurement(warmup) for key, probe in probes.items()}
+    return probes
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """time(candidate) / time(reference) from paired blocks, with a bootstrap 90 % interval."""
+    reference_ms: float
+    candidate_ms: float
+    ratio: float
+    low: float
+    high: float
+
+    def faster(self, margin: float) -> bool:
+        """Confidently faster: even the interval's slow end gains at least ``margin``."""
+        return self.high <= 1.0 - margin
+
+
+def compare(reference: str | Path, candidates: list[str | Path], runs: int, warmup: int = 3, batch: int = 1,
+            threads: int = 2, target: str = "ort-cpu", block: int = BLOCK, seed: int = 0) -> list[Ratio]:
+    """Each candidate against ``reference``, all interleaved. Blocks that ran back to back form pairs, so a
+    slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs."""
+    paths = {"ref": reference, **{f"c{i}": c for i, c in enumerate(candidates)}}
+    probes = _interleave(paths, runs, warmup, batch, threads, target, block)
+    ref = _block_medians(probes["ref"].times, block)
+    return [_ratio(ref, _block_medians(probes[f"c{i}"].times, block), seed) for i in range(len(candidates))]
+
+
+def _block_medians(times: list[float], block: int) -> np.ndarray:
+    n = len(times) // block
+    return np.median(np.array(times[: n * block]).reshape(n, block), axis=1)
+
+
+def _ratio(ref: np.ndarray, cand: np.ndarray, seed: int, reps: int = 2000) -> Ratio:
+    picks = np.random.default_rng(seed).integers(0, len(ref), (reps, len(ref)))
+    boot = cand[picks].sum(axis=1) / ref[picks].sum(axis=1)
+    low, high = np.percentile(boot, [5, 95])
+    return Ratio(round(float(np.median(ref)), 4), round(float(np.median(cand)), 4),
+                 round(float(cand.sum() / ref.sum()), 4), round(float(low), 4), round(float(high), 4))
