@@ -6,8 +6,8 @@ from pathlib import Path
 from .errors import ArtifactError, CalibrationError
 from .fsutil import check_output
 
-EXPORT_TARGETS = ("onnx",)
-LATER_TARGETS = {"tensorrt": "TensorRT", "coreml": "CoreML"}
+EXPORT_TARGETS = ("onnx", "tensorrt", "coreml")
+CHECK_TARGETS = ("tensorrt",)
 
 
 def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Path = "model.edgeq",
@@ -189,14 +189,46 @@ def _resume_state(state_dir: Path, loaded, rec, data, seed: int, resume: bool):
 
 
 def export(bundle: str | Path, to: str = "onnx", out: str | Path = "model.onnx", *,
-           precision: str = "int8", opset: int = 18, force: bool = False) -> dict:
-    if to in LATER_TARGETS:
-        raise ArtifactError(f"export to {LATER_TARGETS[to]} is not implemented yet in this edgeq version; "
-                            f"use --to onnx.")
+           precision: str | None = None, opset: int = 18, force: bool = False, compute_units: str = "ALL",
+           dynamic_batch: bool = False, simplify: bool = False) -> dict:
+    """``onnx``: QDQ int8 / fp16 / fp32 file; ``tensorrt``: a folder with the explicit-quantization ONNX
+    (and an engine where TensorRT is installed); ``coreml``: an ``.mlpackage`` (w8a8 / w8 / fp16)."""
     if to not in EXPORT_TARGETS:
         raise ArtifactError(f"unknown export target {to!r}: use {', '.join(EXPORT_TARGETS)}.")
+    if to == "coreml":
+        from .export.coreml import export_coreml
+        flavour = "w8a8" if precision in (None, "int8") else precision
+        return export_coreml(bundle, out, flavour, compute_units, force)
+    if to == "tensorrt":
+        if precision not in (None, "int8"):
+            raise ArtifactError(f"--to tensorrt writes int8 (float layers run FP16 in the engine); "
+                                f"--precision {precision} is not available there.")
+        from .export.tensorrt import export_tensorrt
+        return export_tensorrt(bundle, out, opset, force)
     from .export.onnx import export_onnx
-    return export_onnx(bundle, out, precision, opset, force)
+    return export_onnx(bundle, out, precision or "int8", opset, force, dynamic_batch, simplify)
+
+
+def check(artifact: str | Path, target: str = "tensorrt") -> dict:
+    """Static lint of an ONNX file for ``target``: every node it would reject or fail to fuse."""
+    import onnx
+
+    from .export.trt_rules import lint
+    if target not in CHECK_TARGETS:
+        raise ArtifactError(f"unknown check target {target!r}: use {', '.join(CHECK_TARGETS)}.")
+    path = Path(artifact)
+    if path.is_dir() and (path / "model.onnx").is_file():   # an `edgeq export --to tensorrt` folder
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ArtifactError(f"artifact {artifact} does not exist.")
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise ArtifactError(f"{path} is not an ONNX file.") from None
+    findings = [f.to_dict() for f in lint(model)]
+    return {"artifact": str(path), "target": target, "nodes": len(model.graph.node),
+            "errors": sum(f["severity"] == "error" for f in findings),
+            "warnings": sum(f["severity"] == "warning" for f in findings), "findings": findings}
 
 
 def inspect(model: str, *, weights: str | None = None, num_classes: int | None = None,
@@ -208,15 +240,20 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
     from .models.intake import load_model, parse_input_shape
     from .trace.blocks import build_block_map
     from .trace.capture import capture, check_input_shape, fold_batchnorm, has_dynamic_batch, to_graph_module
+    from .trace.reparam import reparameterize
+    import numpy as np
 
     loaded = load_model(model, weights, num_classes, in_chans, parse_input_shape(input_shape), trust_pickle)
     check_input_shape(loaded)
+    probe = np.random.default_rng(0).standard_normal((2, *loaded.input_spec.shape[1:])).astype(np.float32)
+    loaded, reparam = reparameterize(loaded, probe)
     exported = capture(loaded)
     gm = to_graph_module(exported)
     folded = fold_batchnorm(gm)
     block_map = build_block_map(gm)
     result = {"model": loaded.spec, "input": loaded.input_spec.to_dict(),
-              "dynamic_batch": has_dynamic_batch(exported), "batchnorm_folded": len(folded),
+              "dynamic_batch": has_dynamic_batch(exported), "reparameterized": reparam,
+              "batchnorm_folded": len(folded),
               "quantizable_ops": quantizable_summary(block_map.op_counts), **block_map.to_dict()}
     if sensitivity:
         result["sensitivity"] = _sensitivity(loaded, calib, calib_size, recipe, eval_data, eval_size)

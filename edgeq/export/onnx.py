@@ -27,6 +27,7 @@ from ..metrics import compare
 from ..profile import ort_cpu
 from ..quant import meta_kernels
 from ..quant.pipeline import run_graph
+from . import graph_extras
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -38,7 +39,7 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8", opset: int = 18,
-                force: bool = False) -> dict:
+                force: bool = False, dynamic_batch: bool = False, simplify: bool = False) -> dict:
     if precision not in PRECISIONS:
         raise ArtifactError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if opset < MIN_OPSET:
@@ -51,12 +52,17 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         with ui.status(f"exporting {precision} ONNX"):
             model, passes = _export(gm, bundle, tmp, precision, opset)
         onnx.save(model, str(tmp))
+        if dynamic_batch and not bundle.manifest["dynamic_batch"]:
+            passes["batch_axis_made_dynamic"] = graph_extras.make_batch_dynamic(tmp, bundle.samples)
+        if simplify:
+            passes["simplified"] = graph_extras.simplify(tmp, bundle.samples)
+        model = onnx.load(str(tmp))
         fidelity = compare(run_graph(gm, bundle.samples, _batch(bundle)),
                            ort_cpu.run(ort_cpu.session(tmp), bundle.samples))
         record = {
             "path": str(out), "format": "onnx", "precision": precision, "opset": opset,
             "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(), "bytes": tmp.stat().st_size,
-            "input": bundle.manifest["input"], "dynamic_batch": bundle.manifest["dynamic_batch"],
+            "input": bundle.manifest["input"], "dynamic_batch": bundle.manifest["dynamic_batch"] or dynamic_batch,
             "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
             "recipe": bundle.manifest["recipe"]["name"] if precision == "int8" else None,
             "layer_precisions": bit_widths(bundle) if precision == "int8" else None,
@@ -82,7 +88,10 @@ def _batch(bundle: Bundle) -> int:
     return 32 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
 
 
-def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int) -> tuple[onnx.ModelProto, dict]:
+def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
+            runtime: str = "ort") -> tuple[onnx.ModelProto, dict]:
+    """torch's ONNX export plus the integer passes; ``runtime="tensorrt"`` leaves activations signed and
+    biases in float (what TensorRT's explicit quantization takes), for ``export.tensorrt`` to finish."""
     dynamic = bundle.manifest["dynamic_batch"]
     n = 2 if dynamic else bundle.input_shape[0]
     example = torch.from_numpy(np.resize(bundle.samples, (n, *bundle.input_shape[1:])).astype(np.float32))
@@ -100,8 +109,9 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int) -> tuple
     passes = {}
     if precision == "int8":
         passes["weights_folded_to_int"] = fold_weight_quantizers(model)
-        passes["biases_quantized_to_int32"] = quantize_biases(model)
-        passes["activations_made_unsigned"] = unsigned_activations(model)
+        if runtime == "ort":
+            passes["biases_quantized_to_int32"] = quantize_biases(model)
+            passes["activations_made_unsigned"] = unsigned_activations(model)
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         with warnings.catch_warnings():

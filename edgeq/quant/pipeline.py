@@ -18,6 +18,7 @@ from ..metrics import compare
 from ..models.intake import LoadedModel
 from ..trace.blocks import BlockMap, build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
+from ..trace.reparam import reparameterize
 from .fakequant import ActQuant, add_act_candidates, finalize_weights, freeze_activations, insert_quantizers, \
     plan_layers
 from .recipe import Recipe, resolve_reduce_range
@@ -60,6 +61,7 @@ class Quantized:
     recon_report: dict | None
     outlier_stats: dict
     seconds: float = 0.0
+    reparam: dict = dataclasses.field(default_factory=dict)
 
     def act_qparams(self) -> dict:
         return {name: m.qparams for name, m in self.gm.named_children() if isinstance(m, ActQuant)}
@@ -100,6 +102,7 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
     start = time.perf_counter()
     recipe = resolve_reduce_range(recipe, int8_dot_saturates())  # recorded resolved in the manifest
     torch.manual_seed(seed)
+    loaded, reparam = reparameterize(loaded, data.x[:8])
     with ui.status(f"capturing {loaded.spec} with torch.export"):
         exported = capture(loaded)
     program = serialize_program(exported)  # before anything touches the graph
@@ -137,7 +140,7 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
         fidelity = compare(float_out, run_graph(gm, samples, batch_size))
     return Quantized(loaded, recipe, program, exported, dynamic, batch_size, gm, block_map, records, kept_float,
                      folded, samples, float_out, fidelity, recon_report,
-                     outliers.detect(stats, recipe.fallback.outlier_ratio), time.perf_counter() - start)
+                     outliers.detect(stats, recipe.fallback.outlier_ratio), time.perf_counter() - start, reparam)
 
 
 def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: str, decisions) -> dict:
@@ -169,7 +172,7 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
         "recipe": q.recipe.to_dict(),
         "seed": seed,
         "calibration": {**data.summary(), "batch_size": q.batch_size, "observers": act_summary},
-        "trace": {"batchnorm_folded": len(q.folded), "block_kinds": q.block_map.kinds(),
+        "trace": {"reparameterized": q.reparam, "batchnorm_folded": len(q.folded), "block_kinds": q.block_map.kinds(),
                   "params": q.block_map.total_params, "macs": q.block_map.total_macs},
         "layers": layers,
         "block_map": q.block_map.to_dict(),

@@ -1,0 +1,190 @@
+"""CoreML: an ML program (``.mlpackage``, iOS 17 / macOS 14) in three flavours.
+
+- ``fp16``: the float model, computed in FP16.
+- ``w8``: int8 weights (edgeq's own integer weights and scales, as ``constexpr_affine_dequantize``),
+  FP16 activations.
+- ``w8a8``: as ``w8`` plus ``quantize``/``dequantize`` ops on the activations, with the scales edgeq's
+  calibration and reconstruction chose (coremltools does not re-calibrate anything).
+
+The fake-quant graph is traced with its quantizers written as ``torch.quantize_per_tensor/channel(...)
+.dequantize()``, which coremltools' PyTorch frontend turns into exactly those MIL ops. Units edgeq kept in
+float have no quantizer and run in FP16. On Linux coremltools can write and read packages but not run
+them: the check there counts the MIL ops in the saved spec, and fidelity is recorded as not verifiable.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import platform
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, ui
+from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
+from ..errors import ArtifactError
+from ..fsutil import atomic_path, check_output
+from ..metrics import compare
+from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
+from ..quant.pipeline import run_graph
+from .onnx import _batch, bit_widths, sidecar_path
+
+FLAVOURS = ("w8a8", "w8", "fp16")
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+COMPUTE_OPS = {"conv", "linear", "matmul", "conv_transpose"}
+
+
+def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8", compute_units: str = "ALL",
+                  force: bool = False) -> dict:
+    if flavour not in FLAVOURS:
+        raise ArtifactError(f"CoreML --precision must be one of {', '.join(FLAVOURS)}, got {flavour!r}.")
+    if compute_units not in COMPUTE_UNITS:
+        raise ArtifactError(f"--compute-units must be one of {', '.join(COMPUTE_UNITS)}, got {compute_units!r}.")
+    ct = _coremltools()
+    out = Path(out)
+    if out.suffix != ".mlpackage":
+        raise ArtifactError(f"a CoreML ML program is a folder ending in .mlpackage; got {out}.")
+    out = check_output(out, force, is_dir=True)
+    check_output(sidecar_path(out), force=True)
+    bundle = read_bundle(bundle_path)
+    gm = float_graph(bundle) if flavour == "fp16" else quantized_graph(bundle)
+    with atomic_path(out) as tmp:
+        with ui.status(f"converting to a CoreML {flavour} ML program"):
+            mlmodel = _convert(ct, gm, bundle, flavour, compute_units)
+            mlmodel.save(str(tmp))
+        ops = count_mil_ops(ct, tmp)
+        expected = _expected_quant_ops(gm, flavour)
+        problems = _check_ops(ops, expected)
+        if problems:
+            raise ArtifactError(f"the CoreML {flavour} package does not hold what edgeq put in: {problems[0]}; "
+                                f"please report this.")
+        record = {
+            "path": str(out), "format": "coreml-mlprogram", "precision": flavour,
+            "minimum_deployment_target": "iOS17 / macOS14", "compute_units": compute_units,
+            "compute_precision": "float16", "sha256": _tree_hash(tmp), "bytes": _tree_size(tmp),
+            "input": bundle.manifest["input"], "dynamic_batch": False,
+            "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
+            "recipe": bundle.manifest["recipe"]["name"] if flavour != "fp16" else None,
+            "layer_precisions": bit_widths(bundle) if flavour != "fp16" else None,
+            "float_layers": "FP16 (no quantizer; compute precision float16)",
+            "mil_ops": ops["all"], "mil_op_dtypes": ops["compute_dtypes"], "expected_quant_ops": expected,
+            "fidelity_vs_torch": _fidelity(mlmodel, gm, bundle, flavour),
+            "created_by": f"edgeq {__version__}",
+        }
+    with atomic_path(sidecar_path(out)) as side:
+        side.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _coremltools():
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):   # "Failed to load _MLModelProxy" on Linux
+            import coremltools as ct
+    except ImportError:
+        raise ArtifactError('CoreML export needs coremltools: pip install "edgeq[coreml]".') from None
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return ct
+
+
+class _CoreMLQuant(torch.nn.Module):
+    """A quantizer as quantize → dequantize on a torch quantized tensor (what coremltools converts)."""
+
+    def __init__(self, fq: _FakeQuant):
+        super().__init__()
+        self.fq = fq
+        self.dtype = torch.qint8 if fq.qmin < 0 else torch.quint8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fq = self.fq
+        if fq.narrow:
+            x = fq._clamp_narrow(x)
+        if fq.axis is None:
+            q = torch.quantize_per_tensor(x, fq.scale_value, fq.zero_point_value, self.dtype)
+        else:
+            q = torch.quantize_per_channel(x, fq.scale.double(), fq.zero_point.long(), fq.axis, self.dtype)
+        return q.dequantize()
+
+
+def _convert(ct, gm: torch.fx.GraphModule, bundle: Bundle, flavour: str, compute_units: str):
+    for name, module in list(gm.named_children()):
+        if isinstance(module, WeightQuant) or (isinstance(module, ActQuant) and flavour == "w8a8"):
+            setattr(gm, name, _CoreMLQuant(module))
+        elif isinstance(module, ActQuant):
+            module.bypass = True   # w8: activations stay FP16
+    example = torch.from_numpy(bundle.samples[:1].repeat(bundle.input_shape[0], axis=0))
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(gm, example)
+            return ct.convert(traced, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+                              outputs=[ct.TensorType(name="output")], convert_to="mlprogram",
+                              minimum_deployment_target=ct.target.iOS17,
+                              compute_precision=ct.precision.FLOAT16,
+                              compute_units=getattr(ct.ComputeUnit, compute_units))
+    except Exception as exc:  # noqa: BLE001 - coremltools raises plain exceptions for unsupported ops
+        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"coremltools cannot convert this model: {message}.") from None
+
+
+def count_mil_ops(ct, package: Path) -> dict:
+    """Op counts of the saved ML program, and the output dtype of each compute op (conv, linear …)."""
+    spec = ct.utils.load_spec(str(package))
+    counts: dict[str, int] = {}
+    dtypes: dict[str, dict[str, int]] = {}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                counts[op.type] = counts.get(op.type, 0) + 1
+                if op.type in COMPUTE_OPS and op.outputs:
+                    dtype = ct.proto.MIL_pb2.DataType.Name(op.outputs[0].type.tensorType.dataType)
+                    per_op = dtypes.setdefault(op.type, {})
+                    per_op[dtype] = per_op.get(dtype, 0) + 1
+    return {"all": dict(sorted(counts.items())), "compute_dtypes": dtypes}
+
+
+def _expected_quant_ops(gm: torch.fx.GraphModule, flavour: str) -> dict:
+    children = list(gm.named_children())
+    acts = sum(isinstance(m, _CoreMLQuant) and isinstance(m.fq, ActQuant) for _, m in children)
+    weights = sum(isinstance(m, _CoreMLQuant) and isinstance(m.fq, WeightQuant) for _, m in children)
+    return {"activation_quantize": acts if flavour == "w8a8" else 0, "int8_weights": weights}
+
+
+def _check_ops(ops: dict, expected: dict) -> list[str]:
+    counts, problems = ops["all"], []
+    if counts.get("quantize", 0) != expected["activation_quantize"]:
+        problems.append(f"{counts.get('quantize', 0)} quantize ops, expected {expected['activation_quantize']}")
+    weights = counts.get("constexpr_affine_dequantize", 0) + counts.get("constexpr_blockwise_shift_scale", 0)
+    if weights != expected["int8_weights"]:
+        problems.append(f"{weights} int8 weight constants, expected {expected['int8_weights']}")
+    for op, dtypes in ops["compute_dtypes"].items():
+        if set(dtypes) - {"FLOAT16"}:
+            problems.append(f"{op} computes in {sorted(dtypes)}, expected FLOAT16 only")
+    return problems
+
+
+def _fidelity(mlmodel, gm, bundle: Bundle, flavour: str) -> dict:
+    reference = "torch fake-quant model" if flavour != "fp16" else "torch float model"
+    if platform.system() != "Darwin":
+        return {"verifiable": False, "reference": reference,
+                "reason": f"CoreML prediction needs macOS; not verifiable on this OS ({platform.system()})"}
+    x = bundle.samples
+    outs = [mlmodel.predict({"input": x[i: i + 1]})["output"] for i in range(len(x))]
+    return {**compare(run_graph(gm, x, 1), np.concatenate(outs)), "verifiable": True, "reference": reference}
+
+
+def _tree_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

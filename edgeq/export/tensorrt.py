@@ -1,0 +1,220 @@
+"""TensorRT: an explicit-quantization ONNX that follows TensorRT's Q/DQ rules, and an engine where the
+``tensorrt`` package imports.
+
+TensorRT takes signed int8 with zero-point 0, per-channel weight scales on the output-channel axis and
+one scale per activation tensor; an Add fuses into the int8 Conv before it only when its residual input
+arrives quantized. edgeq's bundles may hold asymmetric uint8 or per-channel activations (reconstruction
+chooses them for the x86 runtimes), so this export re-expresses every activation quantizer as symmetric
+int8 covering the same range, quantizes residual inputs with ranges measured on the bundle's calibration
+samples, keeps biases in float, and lints the result (``trt_rules``). Units edgeq kept in float stay
+float in the ONNX and run in FP16 through the builder's FP16 flag.
+
+TensorRT cannot be installed on edgeq's CI machines: there the engine is not built, the record says so,
+and ``trtexec.sh`` holds the equivalent command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .. import __version__, ui
+from ..bundle import quantized_graph, read_bundle
+from ..errors import ArtifactError
+from ..fsutil import atomic_path, check_output
+from ..metrics import compare
+from ..profile import ort_cpu
+from ..quant.pipeline import run_graph
+from .onnx import _batch, _export, bit_widths, sidecar_path
+from .qdq import _Graph, count_ops, remove_unused_initializers
+from .trt_rules import lint
+
+
+def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 18, force: bool = False,
+                    workspace_mib: int = 1024) -> dict:
+    out_dir = check_output(out_dir, force, is_dir=True)
+    bundle = read_bundle(bundle_path)
+    gm = quantized_graph(bundle)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        path = tmp / "model.onnx"
+        with ui.status("exporting a TensorRT explicit-quantization ONNX"):
+            model, passes = _export(gm, bundle, path, "int8", opset, runtime="tensorrt")
+            passes["made_symmetric_int8"] = symmetric_int8(model)
+            passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples)
+        errors = [f for f in lint(model) if f.severity == "error"]
+        if errors:   # our own bug, never the user's: say which rule broke
+            raise ArtifactError(f"the TensorRT export breaks TensorRT rule {errors[0].rule} at node "
+                                f"{errors[0].node} ({errors[0].message}); please report this.")
+        onnx.save(model, str(path))
+        fidelity = compare(run_graph(gm, bundle.samples, _batch(bundle)),
+                           ort_cpu.run(ort_cpu.session(path), bundle.samples))
+        shape = bundle.input_shape
+        dynamic = bundle.manifest["dynamic_batch"]
+        command = trtexec_command("model.onnx", "model.engine", shape, dynamic, workspace_mib)
+        (tmp / "trtexec.sh").write_text("#!/bin/sh\n# build the engine on the target (TensorRT installed)\n"
+                                        f"cd \"$(dirname \"$0\")\"\n{command}\n")
+        engine = build_engine(path, tmp / "model.engine", shape, dynamic, workspace_mib)
+        record = {
+            "path": str(out_dir / "model.onnx"), "format": "onnx-tensorrt", "precision": "int8",
+            "opset": opset, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size,
+            "input": bundle.manifest["input"], "dynamic_batch": dynamic,
+            "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
+            "recipe": bundle.manifest["recipe"]["name"], "layer_precisions": bit_widths(bundle),
+            "float_layers": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX",
+            "op_counts": count_ops(model), "passes": passes,
+            "lint": [f.to_dict() for f in lint(model)],
+            "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model",
+                                  "runtime": "ONNX Runtime CPU (the engine itself is checked where it is built)"},
+            "engine": engine, "trtexec": command, "created_by": f"edgeq {__version__}",
+        }
+        sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def symmetric_int8(model: onnx.ModelProto) -> dict:
+    """Every Q/DQ pair becomes signed int8, zero-point 0, one scale per activation tensor, covering the
+    range the original quantizer covered (integer weights are re-rounded onto their symmetric grid)."""
+    g = _Graph(model)
+    zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8))
+    acts = weights = 0
+    for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear"]:
+        scale, zp = g.array(q.input[1]), _zero_point(g, q)
+        if zp.dtype == np.int8 and not zp.any() and scale.size == 1:
+            continue
+        qmin, qmax = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
+        amax = max(float(np.max(np.abs((qmin - zp.astype(np.float64)) * scale))),
+                   float(np.max(np.abs((qmax - zp.astype(np.float64)) * scale))))
+        new_scale = g.add_init(q.input[1] + "_trt", np.array(max(amax, 1e-12) / 127.0, np.float32))
+        _rewire_pair(g, q, new_scale, zero)
+        acts += 1
+    for dq in [n for n in g.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in g.inits]:
+        weights += _symmetric_weight(g, dq, zero)
+    remove_unused_initializers(model)
+    _drop_value_info(model)
+    return {"activations": acts, "weights": weights}
+
+
+def _zero_point(g: _Graph, node: onnx.NodeProto) -> np.ndarray:
+    return g.array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+
+
+def _rewire_pair(g: _Graph, q: onnx.NodeProto, scale: str, zero: str) -> None:
+    old = list(q.input[1:3])
+    _set_qparams(q, scale, zero)
+    for dq in g.consumers.get(q.output[0], []):
+        if dq.op_type == "DequantizeLinear" and list(dq.input[1:3]) == old:
+            _set_qparams(dq, scale, zero)
+
+
+def _set_qparams(node: onnx.NodeProto, scale: str, zero: str) -> None:
+    del node.input[1:]
+    node.input.extend([scale, zero])
+    kept = [a for a in node.attribute if a.name != "axis"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+
+
+def _symmetric_weight(g: _Graph, dq: onnx.NodeProto, zero: str) -> int:
+    q, scale, zp = g.array(dq.input[0]), g.array(dq.input[1]), _zero_point(g, dq)
+    if zp.dtype == np.int8 and not zp.any():
+        return 0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[axis] = -1
+    w = (q.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
+    reduce = tuple(i for i in range(q.ndim) if i != axis) if scale.size > 1 else None
+    new_scale = np.maximum(np.abs(w).max(axis=reduce, keepdims=True), 1e-12) / 127.0
+    dq.input[0] = g.add_init(dq.input[0] + "_s8", np.clip(np.round(w / new_scale), -127, 127).astype(np.int8))
+    dq.input[1] = g.add_init(dq.input[1] + "_s8", new_scale.reshape(scale.shape).astype(np.float32))
+    zeros = g.add_init(f"{dq.input[0]}_zero_point", np.zeros(zp.shape, np.int8)) if zp.size > 1 else zero
+    del dq.input[2:]
+    dq.input.append(zeros)
+    return 1
+
+
+def _drop_value_info(model: onnx.ModelProto) -> None:
+    """Recorded types of Q outputs are stale (uint8 → int8); ONNX Runtime re-infers them."""
+    del model.graph.value_info[:]
+
+
+def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
+    """Insert Q/DQ on the residual input of each Add that follows an int8 Conv, with a symmetric range
+    measured on ``samples``: TensorRT then fuses the Add into the Conv."""
+    from .trt_rules import _check_residual, _View
+    view = _View(model)
+    targets = {}
+    for node in model.graph.node:
+        if node.op_type == "Add" and _check_residual(node, node.name, view):
+            conv_side = next(i for i in node.input if view.produced_by(i, {"Conv"}))
+            other = next(i for i in node.input if i != conv_side)
+            targets[node.name] = other
+    if not targets:
+        return 0
+    amax = _ranges(model, sorted(set(targets.values())), samples)
+    g = _Graph(model)
+    zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8)) \
+        if "edgeq_trt_zero_point" not in g.inits else "edgeq_trt_zero_point"
+    nodes = {n.name: n for n in g.graph.node}
+    for add_name, tensor in targets.items():
+        scale = g.add_init(f"{tensor}_residual_scale", np.array(max(amax[tensor], 1e-12) / 127.0, np.float32))
+        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tensor}_residual_q"],
+                             name=f"{add_name}_residual_q")
+        dq = helper.make_node("DequantizeLinear", [q.output[0], scale, zero], [f"{tensor}_residual_dq"],
+                              name=f"{add_name}_residual_dq")
+        add = nodes[add_name]
+        add.input[list(add.input).index(tensor)] = dq.output[0]
+        at = list(g.graph.node).index(add)
+        g.graph.node.insert(at, dq)
+        g.graph.node.insert(at, q)
+    return len(targets)
+
+
+def _ranges(model: onnx.ModelProto, tensors: list[str], samples: np.ndarray) -> dict[str, float]:
+    """max |x| of intermediate tensors over the calibration samples (ONNX Runtime, the model as it is)."""
+    import tempfile
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    with tempfile.TemporaryDirectory(prefix="edgeq-trt-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        sess = ort_cpu.session(path)
+        name, shape = ort_cpu.input_info(sess)
+        step = shape[0] if isinstance(shape[0], int) else 16
+        amax = dict.fromkeys(tensors, 0.0)
+        for i in range(0, len(samples) - step + 1, step):
+            outs = sess.run(tensors, {name: samples[i: i + step]})
+            for t, value in zip(tensors, outs):
+                amax[t] = max(amax[t], float(np.abs(value).max()))
+    return amax
+
+
+def trtexec_command(onnx_name: str, engine_name: str, shape: tuple[int, ...], dynamic: bool,
+                    workspace_mib: int) -> str:
+    """The trtexec line that builds the same engine as ``build_engine``."""
+    args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--int8", "--fp16",
+            "--timingCacheFile=timing.cache", f"--memPoolSize=workspace:{workspace_mib}M"]
+    if dynamic:
+        dims = "x".join(str(d) for d in shape[1:])
+        args += [f"--minShapes=input:1x{dims}", f"--optShapes=input:{shape[0]}x{dims}",
+                 f"--maxShapes=input:{max(32, shape[0])}x{dims}"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, shape: tuple[int, ...], dynamic: bool,
+                 workspace_mib: int) -> dict:
+    """Serialize an INT8+FP16 engine with a timing cache (and an optimization profile when the batch is
+    dynamic). Needs the ``tensorrt`` package and an NVIDIA GPU; without them, says so."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return {"built": False, "reason": "the tensorrt Python package is not installed on this machine; run "
+                                          "trtexec.sh (next to model.onnx) on the target"}
+    from .trt_engine import build
+    return build(trt, onnx_path, engine_path, shape, dynamic, workspace_mib)
