@@ -124,21 +124,66 @@ def _print_quantize(r: dict) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--to", "to", default="onnx", show_default=True, help="Export target (onnx).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(), help="File to write.")
-@click.option("--precision", default="int8", show_default=True, type=click.Choice(["int8", "fp16", "fp32"]))
+@click.option("--to", "to", default="onnx", show_default=True, help="Export target: onnx, tensorrt or coreml.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="File (onnx), folder (tensorrt) or NAME.mlpackage (coreml) to write.")
+@click.option("--precision", default=None,
+              help="onnx: int8 (default), fp16, fp32; coreml: w8a8 (default), w8, fp16; tensorrt: int8.")
 @click.option("--opset", default=18, show_default=True, type=int)
+@click.option("--dynamic-batch", is_flag=True, help="onnx: symbolic batch axis (checked by running batch 2+).")
+@click.option("--simplify", is_flag=True, help="onnx: simplify with onnxslim (kept only if outputs match).")
+@click.option("--compute-units", default="ALL", show_default=True,
+              type=click.Choice(["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]), help="coreml only.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @command
-def export(bundle, to, out, precision, opset, force, as_json):
-    """Export a quantized bundle (QDQ ONNX) and check its fidelity against the torch model."""
+def export(bundle, to, out, precision, opset, dynamic_batch, simplify, compute_units, force, as_json):
+    """Export a quantized bundle and check its fidelity against the torch model."""
     from . import api
-    result = api.export(bundle, to, out, precision=precision, opset=opset, force=force)
-    _emit(result, as_json, lambda r: click.echo(
-        f"wrote {r['path']} ({r['precision']}, {r['bytes'] / 1e6:.2f} MB, opset {r['opset']})\n"
-        f"fidelity vs {r['fidelity_vs_torch']['reference']}: max abs diff "
-        f"{r['fidelity_vs_torch']['max_abs_diff']:.3g}, cosine {r['fidelity_vs_torch']['cosine']}, "
-        f"top-1 agreement {r['fidelity_vs_torch']['top1_agreement']}"))
+    result = api.export(bundle, to, out, precision=precision, opset=opset, force=force,
+                        compute_units=compute_units, dynamic_batch=dynamic_batch, simplify=simplify)
+    _emit(result, as_json, _print_export)
+
+
+def _print_export(r: dict) -> None:
+    extra = f", opset {r['opset']}" if "opset" in r else f", compute units {r.get('compute_units')}"
+    click.echo(f"wrote {r['path']} ({r['format']}, {r['precision']}, {r['bytes'] / 1e6:.2f} MB{extra})")
+    fid = r["fidelity_vs_torch"]
+    if fid.get("verifiable") is False:
+        click.echo(f"fidelity: {fid['reason']}")
+    else:
+        click.echo(f"fidelity vs {fid['reference']}: max abs diff {fid['max_abs_diff']:.3g}, cosine "
+                   f"{fid['cosine']}, top-1 agreement {fid['top1_agreement']}")
+    if "mil_ops" in r:
+        ops = r["mil_ops"]
+        click.echo(f"ML program: {ops.get('quantize', 0)} quantize, {ops.get('dequantize', 0)} dequantize, "
+                   f"{ops.get('constexpr_affine_dequantize', 0)} int8 weight constants; compute ops "
+                   f"{r['mil_op_dtypes']}")
+    if "engine" in r:
+        engine = r["engine"]
+        click.echo(f"engine: {engine['path']}" if engine["built"] else f"engine not built: {engine['reason']}")
+        if not engine["built"]:
+            click.echo(f"  {r['trtexec']}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--target", default="tensorrt", show_default=True, help="Runtime whose rules to check.")
+@command
+def check(artifact, target, as_json):
+    """Lint an ONNX file for a target: nodes it would reject or fail to fuse (exit 1 when any)."""
+    from . import api
+    result = api.check(artifact, target)
+    _emit(result, as_json, _print_check)
+    if result["findings"]:
+        sys.exit(1)
+
+
+def _print_check(r: dict) -> None:
+    click.echo(f"{r['artifact']}: {r['nodes']} nodes, {r['errors']} errors, {r['warnings']} warnings "
+               f"for {r['target']}")
+    for f in r["findings"]:
+        click.echo(f"  {f['severity']:7} {f['rule']:24} {f['node']} ({f['op']}): {f['message']}\n"
+                   f"          fix: {f['fix']}")
 
 
 @main.command()

@@ -19,7 +19,7 @@ UNSUPPORTED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "
                "QLinearGlobalAveragePool", "QLinearConcat", "QGemm", "DequantizeLinear16", "Optional",
                "SequenceConstruct", "SequenceAt", "StringNormalizer", "TfIdfVectorizer", "Unique"}
 NORM_OPS = {"LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax"}
-NORM_INTERNALS = {"ReduceMean", "Pow", "Sqrt", "Reciprocal"}   # a LayerNorm spelled out op by op
+NORM_INTERNALS = {"Pow", "Sqrt", "Reciprocal"}   # a LayerNorm spelled out op by op (with a mean subtraction)
 FUSING = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
@@ -85,8 +85,10 @@ def _check_qdq(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
                            "uint8 quantization (a missing zero-point means uint8 in ONNX)",
                            "quantize to int8 with an explicit int8 zero-point of 0"))
     elif zp.dtype != np.int8:
-        out.append(Finding("error", "not-int8", label, node.op_type, f"{zp.dtype} quantization",
-                           "TensorRT's explicit quantization here is int8"))
+        out.append(Finding("error", "not-int8", label, node.op_type,
+                           f"{zp.dtype} quantization (TensorRT's explicit quantization takes int8 here)",
+                           "keep biases in float (TensorRT folds them into the int8 kernel) and use int8 "
+                           "elsewhere"))
     if zp is not None and np.any(zp != 0):
         out.append(Finding("error", "asymmetric-zero-point", label, node.op_type,
                            f"zero-point {int(zp.flat[np.argmax(zp != 0)])} (TensorRT takes 0 only)",
@@ -99,16 +101,24 @@ def _check_qdq(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
         out += _check_axis(node, label, view)
     if node.op_type == "DequantizeLinear":
         for user in view.consumers.get(node.output[0], []):
-            if user.op_type in NORM_OPS | NORM_INTERNALS:
+            if user.op_type in NORM_OPS or _in_spelled_out_norm(user, view):
                 out.append(Finding("warning", "qdq-in-norm", label, node.op_type,
                                    f"dequantized tensor feeds {user.op_type} {user.name!r}: TensorRT keeps "
                                    f"LayerNorm/Softmax in float and this Q/DQ pair only adds conversions",
                                    "leave the normalization's input in float; quantize its output instead"))
-    elif view.produced_by(node.input[0], NORM_INTERNALS):
+    elif node.input[0] in view.producer and _in_spelled_out_norm(view.producer[node.input[0]], view):
         out.append(Finding("warning", "qdq-in-norm", label, node.op_type,
                            "quantizes a tensor inside a spelled-out LayerNorm",
                            "move the quantizer after the normalization"))
     return out
+
+
+def _in_spelled_out_norm(node: onnx.NodeProto, view: _View) -> bool:
+    """Pow/Sqrt/Reciprocal, or a ReduceMean whose result is subtracted (x - mean): a pooling ReduceMean
+    feeding a classifier is not a norm."""
+    if node.op_type in NORM_INTERNALS:
+        return True
+    return node.op_type == "ReduceMean" and any(u.op_type == "Sub" for u in view.consumers.get(node.output[0], []))
 
 
 def _check_axis(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
