@@ -1,4 +1,5 @@
 """TensorRT and CoreML export, the TensorRT lint, ONNX extras and reparameterization."""
+import importlib.util
 import json
 import platform
 import sys
@@ -272,3 +273,19 @@ def test_export_bad_input(tmp_path, tiny_bundle, monkeypatch):
     with pytest.raises(ArtifactError, match=r'pip install "edgeq\[coreml\]"'):
         api.export(tiny_bundle, "coreml", tmp_path / "c.mlpackage")
     assert not (tmp_path / "c.mlpackage").exists()
+
+
+def test_unsupported_op_is_named_per_target(tmp_path):
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    bundle = tmp_path / "u.edgeq"
+    api.quantize(f"{TESTS / 'tiny_models.py'}:unsupported_op", str(calib), "w8a8-fast", bundle)
+    cases = [("onnx", tmp_path / "u.onnx", "op prims.bessel_i0 (node bessel_i0)"),
+             ("tensorrt", tmp_path / "u_trt", "op prims.bessel_i0 (node bessel_i0)")]
+    if importlib.util.find_spec("coremltools"):
+        cases.append(("coreml", tmp_path / "u.mlpackage", "op 'i0' (node special_i0"))
+    for to, out, fragment in cases:
+        result = cli("export", bundle, "--to", to, "-o", out)
+        assert result.exit_code == 2 and fragment in result.output, result.output
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "u.edgeq"]

@@ -230,3 +230,22 @@ def depthwise_into_conv():
     with torch.no_grad():  # very different channel ranges: per-channel input scales would win the choice
         model.stem.weight.mul_(torch.logspace(-2, 1, 16).view(-1, 1, 1, 1))
     return model.eval()
+
+
+class UnsupportedOp(nn.Module):
+    """A conv, then torch.special.i0 (no ONNX translation, no CoreML conversion), then a linear."""
+
+    edgeq_input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.special.i0(torch.tanh(self.conv(x))).mean((2, 3)))
+
+
+def unsupported_op():
+    torch.manual_seed(0)
+    return UnsupportedOp().eval()

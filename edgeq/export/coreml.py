@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import platform
+import re
 import warnings
 from pathlib import Path
 
@@ -128,8 +129,19 @@ def _convert(ct, gm: torch.fx.GraphModule, bundle: Bundle, flavour: str, compute
                               compute_precision=ct.precision.FLOAT16,
                               compute_units=getattr(ct.ComputeUnit, compute_units))
     except Exception as exc:  # noqa: BLE001 - coremltools raises plain exceptions for unsupported ops
-        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"coremltools cannot convert this model: {message}.") from None
+        raise ArtifactError(_conversion_error(exc, gm)) from None
+
+
+def _conversion_error(exc: Exception, gm: torch.fx.GraphModule) -> str:
+    """One sentence naming the op (and the graph node using it) coremltools could not convert."""
+    message = (str(exc).splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
+    op = re.search(r"op '([^']+)'", message)
+    if not op:
+        return f"coremltools cannot convert this model: {message}."
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and
+             str(n.target).split(".")[1:2] in ([op.group(1)], [f"special_{op.group(1)}"])]
+    where = f" (node {nodes[0].name}, {len(nodes)} in all)" if nodes else ""
+    return f"CoreML has no conversion for op {op.group(1)!r}{where}; this model cannot be exported to CoreML as is."
 
 
 def count_mil_ops(ct, package: Path) -> dict:

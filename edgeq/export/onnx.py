@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
                               external_data=False, optimize=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+    except Exception as exc:  # noqa: BLE001 - torch.onnx raises ConversionError for ops without ONNX form
+        raise ArtifactError(_conversion_error(exc)) from None
     model = onnx.load(str(path))
     passes = {}
     if precision == "int8":
@@ -128,6 +131,17 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
     except onnx.checker.ValidationError as exc:
         raise ArtifactError(f"the exported ONNX failed onnx.checker: {str(exc).splitlines()[0]}.") from None
     return model, passes
+
+
+def _conversion_error(exc: Exception) -> str:
+    """One sentence naming the op (and node) torch's ONNX exporter could not translate."""
+    text = str(exc)
+    op = re.search(r"OpOverload\(op='([^']+)'", text)
+    node = re.search(r"translating node %(\S+)", text)
+    if op:
+        where = f" (node {node.group(1)})" if node else ""
+        return f"ONNX has no translation for op {op.group(1)}{where}; this model cannot be exported to ONNX as is."
+    return f"torch's ONNX exporter failed: {(text.splitlines() or [type(exc).__name__])[0][:200]}."
 
 
 def read_artifact(path: str | Path) -> dict:

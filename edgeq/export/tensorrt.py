@@ -32,7 +32,7 @@ from ..profile import ort_cpu
 from ..quant.pipeline import run_graph
 from .onnx import _batch, _export, bit_widths, sidecar_path
 from .qdq import _Graph, count_ops, remove_unused_initializers
-from .trt_rules import lint
+from .trt_rules import GraphView, lint, unquantized_residual
 
 
 def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 18, force: bool = False,
@@ -146,14 +146,9 @@ def _drop_value_info(model: onnx.ModelProto) -> None:
 def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
     """Insert Q/DQ on the residual input of each Add that follows an int8 Conv, with a symmetric range
     measured on ``samples``: TensorRT then fuses the Add into the Conv."""
-    from .trt_rules import _check_residual, _View
-    view = _View(model)
-    targets = {}
-    for node in model.graph.node:
-        if node.op_type == "Add" and _check_residual(node, node.name, view):
-            conv_side = next(i for i in node.input if view.produced_by(i, {"Conv"}))
-            other = next(i for i in node.input if i != conv_side)
-            targets[node.name] = other
+    view = GraphView(model)
+    targets = {node.name: unquantized_residual(node, view) for node in model.graph.node}
+    targets = {name: tensor for name, tensor in targets.items() if tensor}
     if not targets:
         return 0
     amax = _ranges(model, sorted(set(targets.values())), samples)
@@ -186,9 +181,9 @@ def _ranges(model: onnx.ModelProto, tensors: list[str], samples: np.ndarray) -> 
         onnx.save(probe, str(path))
         sess = ort_cpu.session(path)
         name, shape = ort_cpu.input_info(sess)
-        step = shape[0] if isinstance(shape[0], int) else 16
+        step = shape[0] if isinstance(shape[0], int) else min(16, len(samples))
         amax = dict.fromkeys(tensors, 0.0)
-        for i in range(0, len(samples) - step + 1, step):
+        for i in range(0, len(samples) - step + 1, step):   # whole batches (a fixed batch axis takes no less)
             outs = sess.run(tensors, {name: samples[i: i + step]})
             for t, value in zip(tensors, outs):
                 amax[t] = max(amax[t], float(np.abs(value).max()))

@@ -36,7 +36,7 @@ class Finding:
         return asdict(self)
 
 
-class _View:
+class GraphView:
     def __init__(self, model: onnx.ModelProto):
         self.inits = {i.name: i for i in model.graph.initializer}
         for node in model.graph.node:   # Constant nodes are initializers too, for this purpose
@@ -57,7 +57,7 @@ class _View:
 
 
 def lint(model: onnx.ModelProto) -> list[Finding]:
-    view = _View(model)
+    view = GraphView(model)
     findings: list[Finding] = []
     for node in model.graph.node:
         label = node.name or node.output[0]
@@ -76,7 +76,7 @@ def lint(model: onnx.ModelProto) -> list[Finding]:
     return findings
 
 
-def _check_qdq(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
+def _check_qdq(node: onnx.NodeProto, label: str, view: GraphView) -> list[Finding]:
     out = []
     zp = view.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     scale = view.array(node.input[1])
@@ -113,7 +113,7 @@ def _check_qdq(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
     return out
 
 
-def _in_spelled_out_norm(node: onnx.NodeProto, view: _View) -> bool:
+def _in_spelled_out_norm(node: onnx.NodeProto, view: GraphView) -> bool:
     """Pow/Sqrt/Reciprocal, or a ReduceMean whose result is subtracted (x - mean): a pooling ReduceMean
     feeding a classifier is not a norm."""
     if node.op_type in NORM_INTERNALS:
@@ -121,7 +121,7 @@ def _in_spelled_out_norm(node: onnx.NodeProto, view: _View) -> bool:
     return node.op_type == "ReduceMean" and any(u.op_type == "Sub" for u in view.consumers.get(node.output[0], []))
 
 
-def _check_axis(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
+def _check_axis(node: onnx.NodeProto, label: str, view: GraphView) -> list[Finding]:
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
     if node.input[0] not in view.inits and node.op_type == "QuantizeLinear":
         return [Finding("error", "per-channel-activation", label, node.op_type,
@@ -153,16 +153,9 @@ def _output_axis(user: onnx.NodeProto, ndim: int) -> int | None:
     return None
 
 
-def _check_residual(node: onnx.NodeProto, label: str, view: _View) -> list[Finding]:
-    """TensorRT fuses Conv → Add only when the Add's other input arrives quantized (through a DQ)."""
-    inputs = [i for i in node.input if i not in view.inits]
-    if len(inputs) != 2:
-        return []
-    conv_side = [i for i in inputs if view.produced_by(i, {"Conv"}) and _conv_is_quantized(view, i)]
-    if not conv_side:
-        return []
-    other = inputs[1] if inputs[0] == conv_side[0] else inputs[0]
-    if view.produced_by(other, {"DequantizeLinear"}):
+def _check_residual(node: onnx.NodeProto, label: str, view: GraphView) -> list[Finding]:
+    other = unquantized_residual(node, view)
+    if other is None:
         return []
     return [Finding("warning", "unquantized-residual", label, "Add",
                     f"the residual input {other!r} is float, so TensorRT cannot fuse this Add into the "
@@ -170,6 +163,21 @@ def _check_residual(node: onnx.NodeProto, label: str, view: _View) -> list[Findi
                     f"insert QuantizeLinear/DequantizeLinear on {other!r} (edgeq export --to tensorrt does)")]
 
 
-def _conv_is_quantized(view: _View, conv_output: str) -> bool:
+def unquantized_residual(node: onnx.NodeProto, view: GraphView) -> str | None:
+    """For an Add after an int8 Conv, its other input when that arrives in float (TensorRT fuses the
+    Add into the Conv only when the residual input comes through a DequantizeLinear)."""
+    if node.op_type != "Add":
+        return None
+    inputs = [i for i in node.input if i not in view.inits]
+    if len(inputs) != 2:
+        return None
+    conv_side = [i for i in inputs if view.produced_by(i, {"Conv"}) and _conv_is_quantized(view, i)]
+    if not conv_side:
+        return None
+    other = inputs[1] if inputs[0] == conv_side[0] else inputs[0]
+    return None if view.produced_by(other, {"DequantizeLinear"}) else other
+
+
+def _conv_is_quantized(view: GraphView, conv_output: str) -> bool:
     conv = view.producer[conv_output]
     return all(view.produced_by(name, {"DequantizeLinear"}) for name in conv.input[:2])
