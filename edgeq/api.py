@@ -237,11 +237,12 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
             recipe: str = "w8a8-fast", eval_data: str | None = None, eval_size: int = 2000) -> dict:
     """Block map, parameters, MACs and quantizable ops of a model; with ``sensitivity``, the per-unit and
     per-block output error of quantizing ``recipe`` (observers only by default, for speed)."""
+    import numpy as np
+
     from .models.intake import load_model, parse_input_shape
     from .trace.blocks import build_block_map
     from .trace.capture import capture, check_input_shape, fold_batchnorm, has_dynamic_batch, to_graph_module
     from .trace.reparam import reparameterize
-    import numpy as np
 
     loaded = load_model(model, weights, num_classes, in_chans, parse_input_shape(input_shape), trust_pickle)
     check_input_shape(loaded)

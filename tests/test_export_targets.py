@@ -90,7 +90,8 @@ def test_tensorrt_keeps_fallback_units_float(tmp_path, floated_bundle):
     producers = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     float_convs = [n for n in convs if getattr(producers.get(n.input[1]), "op_type", None) != "DequantizeLinear"]
-    assert len(float_convs) == 1 and "FP16" in record["float_layers"]
+    assert len(float_convs) == 1 and "FP16" in record["float_layers"]["precision"]
+    assert len(record["float_layers"]["layers"]) == 1
 
 
 # --- the TensorRT lint ----------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ def bit_widths(bundle: Bundle) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def float_layers(bundle: Bundle) -> list[str]:
+    """Quantizable layers the bundle keeps in float (fallback decisions and recipe exclusions)."""
+    return sorted(n for n, d in bundle.manifest["layers"].items() if not d["quantized"])
+
+
 def _batch(bundle: Bundle) -> int:
     return 32 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
 

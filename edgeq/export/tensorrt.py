@@ -30,7 +30,7 @@ from ..fsutil import atomic_path, check_output
 from ..metrics import compare
 from ..profile import ort_cpu
 from ..quant.pipeline import run_graph
-from .onnx import _batch, _export, bit_widths, sidecar_path
+from .onnx import _batch, _export, bit_widths, float_layers, sidecar_path
 from .qdq import _Graph, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual
 
@@ -46,7 +46,8 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
             model, passes = _export(gm, bundle, path, "int8", opset, runtime="tensorrt")
             passes["made_symmetric_int8"] = symmetric_int8(model)
             passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples)
-        errors = [f for f in lint(model) if f.severity == "error"]
+        findings = lint(model)
+        errors = [f for f in findings if f.severity == "error"]
         if errors:   # our own bug, never the user's: say which rule broke
             raise ArtifactError(f"the TensorRT export breaks TensorRT rule {errors[0].rule} at node "
                                 f"{errors[0].node} ({errors[0].message}); please report this.")
@@ -65,9 +66,10 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
             "input": bundle.manifest["input"], "dynamic_batch": dynamic,
             "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
             "recipe": bundle.manifest["recipe"]["name"], "layer_precisions": bit_widths(bundle),
-            "float_layers": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX",
+            "float_layers": {"layers": float_layers(bundle),
+                             "precision": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX"},
             "op_counts": count_ops(model), "passes": passes,
-            "lint": [f.to_dict() for f in lint(model)],
+            "lint": [f.to_dict() for f in findings],
             "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model",
                                   "runtime": "ONNX Runtime CPU (the engine itself is checked where it is built)"},
             "engine": engine, "trtexec": command, "created_by": f"edgeq {__version__}",
