@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-class _Graph:
+class GraphIndex:
     def __init__(self, model: onnx.ModelProto):
         self.graph = model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
@@ -50,7 +50,7 @@ def _broadcast(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     """Replace QuantizeLinear(float initializer) with the integer initializer it would produce."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     folded = []
     for node in list(g.graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] not in g.inits:
@@ -78,7 +78,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
 
 def fold_weight_transposes(model: onnx.ModelProto) -> int:
     """DQ(int W, axis 0) → Transpose(perm 1,0) becomes DQ(int Wᵀ, axis 1): MatMul then sees a DQ input."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     count = 0
     for dq in list(g.graph.node):
         if dq.op_type != "DequantizeLinear" or dq.input[0] not in g.inits:
@@ -111,7 +111,7 @@ def _set_axis(node: onnx.NodeProto, axis: int) -> None:
 
 def quantize_biases(model: onnx.ModelProto) -> int:
     """Float biases of Conv/Gemm whose input and weight are dequantized become int32 + DQ."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     count = 0
     for node in list(g.graph.node):
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in g.inits:
@@ -147,7 +147,7 @@ def unsigned_activations(model: onnx.ModelProto) -> int:
     """Symmetric int8 activations become uint8 with zero-point 128: the same values (q + 128 on both
     sides), and the u8 form is what x86 int8 kernels run fast (ONNX Runtime takes s8 activations on a
     slower path)."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     renamed: dict[str, str] = {}
     stale: set[str] = set()
     count = 0

@@ -31,7 +31,7 @@ from ..metrics import compare
 from ..profile import ort_cpu
 from ..quant.pipeline import run_graph
 from .onnx import _batch, _export, bit_widths, float_layers, sidecar_path
-from .qdq import _Graph, count_ops, remove_unused_initializers
+from .qdq import GraphIndex, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual
 
 
@@ -81,7 +81,7 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
 def symmetric_int8(model: onnx.ModelProto) -> dict:
     """Every Q/DQ pair becomes signed int8, zero-point 0, one scale per activation tensor, covering the
     range the original quantizer covered (integer weights are re-rounded onto their symmetric grid)."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8))
     acts = weights = 0
     for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear"]:
@@ -101,11 +101,11 @@ def symmetric_int8(model: onnx.ModelProto) -> dict:
     return {"activations": acts, "weights": weights}
 
 
-def _zero_point(g: _Graph, node: onnx.NodeProto) -> np.ndarray:
+def _zero_point(g: GraphIndex, node: onnx.NodeProto) -> np.ndarray:
     return g.array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
 
 
-def _rewire_pair(g: _Graph, q: onnx.NodeProto, scale: str, zero: str) -> None:
+def _rewire_pair(g: GraphIndex, q: onnx.NodeProto, scale: str, zero: str) -> None:
     old = list(q.input[1:3])
     _set_qparams(q, scale, zero)
     for dq in g.consumers.get(q.output[0], []):
@@ -121,7 +121,7 @@ def _set_qparams(node: onnx.NodeProto, scale: str, zero: str) -> None:
     node.attribute.extend(kept)
 
 
-def _symmetric_weight(g: _Graph, dq: onnx.NodeProto, zero: str) -> int:
+def _symmetric_weight(g: GraphIndex, dq: onnx.NodeProto, zero: str) -> int:
     q, scale, zp = g.array(dq.input[0]), g.array(dq.input[1]), _zero_point(g, dq)
     if zp.dtype == np.int8 and not zp.any():
         return 0
@@ -154,7 +154,7 @@ def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
     if not targets:
         return 0
     amax = _ranges(model, sorted(set(targets.values())), samples)
-    g = _Graph(model)
+    g = GraphIndex(model)
     zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8)) \
         if "edgeq_trt_zero_point" not in g.inits else "edgeq_trt_zero_point"
     nodes = {n.name: n for n in g.graph.node}

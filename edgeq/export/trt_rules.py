@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from .qdq import GraphIndex
 
 # ONNX Runtime's integer operator forms and other ops the TensorRT ONNX parser does not import
 UNSUPPORTED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
@@ -36,20 +37,14 @@ class Finding:
         return asdict(self)
 
 
-class GraphView:
+class GraphView(GraphIndex):
+    """The export passes' graph index, with Constant nodes counted as initializers."""
+
     def __init__(self, model: onnx.ModelProto):
-        self.inits = {i.name: i for i in model.graph.initializer}
-        for node in model.graph.node:   # Constant nodes are initializers too, for this purpose
+        super().__init__(model)
+        for node in model.graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.inits[node.output[0]] = node.attribute[0].t
-        self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-
-    def array(self, name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
 
     def produced_by(self, name: str, ops: set[str]) -> bool:
         node = self.producer.get(name)

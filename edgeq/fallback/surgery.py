@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..export.qdq import _axis, _broadcast, _Graph, remove_unused_initializers
+from ..export.qdq import _axis, _broadcast, GraphIndex, remove_unused_initializers
 
 
 def scope(node: onnx.NodeProto) -> str | None:
@@ -60,7 +60,7 @@ def _bypass_chain(model: onnx.ModelProto, name: str) -> None:
 
 
 def _float_weight(model: onnx.ModelProto, name: str) -> None:
-    g = _Graph(model)
+    g = GraphIndex(model)
     for dq in [n for n in model.graph.node if scope(n) == name and n.op_type == "DequantizeLinear"]:
         q = g.array(dq.input[0])
         if q is None:
@@ -69,7 +69,7 @@ def _float_weight(model: onnx.ModelProto, name: str) -> None:
         model.graph.node.remove(dq)
 
 
-def _dequantize(g: _Graph, dq: onnx.NodeProto, q: np.ndarray) -> np.ndarray:
+def _dequantize(g: GraphIndex, dq: onnx.NodeProto, q: np.ndarray) -> np.ndarray:
     scale = g.array(dq.input[1])
     zp = g.array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int64)
     axis = _axis(dq)
@@ -79,7 +79,7 @@ def _dequantize(g: _Graph, dq: onnx.NodeProto, q: np.ndarray) -> np.ndarray:
 
 def _float_orphan_biases(model: onnx.ModelProto) -> None:
     """int32 bias DQs of layers whose weight is float again become float biases."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith("_bias_dq")]:
         users = g.consumers.get(dq.output[0], [])
         if users and all(len(u.input) > 1 and u.input[1] in g.inits for u in users):
