@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import api
 from .envinfo import machine, package_versions
+from .errors import ArtifactError
 from .fsutil import atomic_path, check_output
 from .profile.latency import measure_interleaved
 from .quant.recipe import DEFAULT_RECIPE
@@ -29,11 +30,34 @@ def run_demo(model: str, out: str | Path, force: bool) -> dict:
                 for p in artifacts]
         report = {"schema_version": 1, "model": model, "recipe": quant["recipe"],
                   "ptq_seconds": quant["ptq_seconds"], "fallback": quant["fallback"], "rows": rows,
+                  "targets": _vendor_targets(bundle, tmp),
                   "env": {"machine": machine(), "versions": package_versions()}}
         markdown = _markdown(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(markdown)
     return {**report, "markdown": markdown, "report_md": str(out / "report.md"), "output": str(out)}
+
+
+def _vendor_targets(bundle: Path, tmp: Path) -> list[dict]:
+    """The same bundle for TensorRT and CoreML: what can be checked on this machine, and what cannot."""
+    trt = api.export(bundle, "tensorrt", tmp / "model_tensorrt")
+    engine = trt["engine"]
+    targets = [{"target": "TensorRT (explicit-quantization ONNX)", "artifact": "model_tensorrt/model.onnx",
+                "bytes": trt["bytes"],
+                "check": f"{len(trt['lint'])} lint findings; top-1 in ONNX Runtime "
+                         f"{100 * api.evaluate(trt['path'], 'zoo:test')['top1']:.2f} %; "
+                         + ("engine built" if engine["built"] else f"engine not built: {engine['reason']}")}]
+    try:
+        coreml = api.export(bundle, "coreml", tmp / "model_w8a8.mlpackage")
+    except ArtifactError as exc:   # coremltools is an optional extra
+        return targets + [{"target": "CoreML ML program (w8a8)", "artifact": None, "bytes": None,
+                           "check": f"skipped: {exc}"}]
+    ops = coreml["mil_ops"]
+    return targets + [{"target": "CoreML ML program (w8a8)", "artifact": "model_w8a8.mlpackage",
+                       "bytes": coreml["bytes"],
+                       "check": f"{ops.get('quantize', 0)} quantize ops and {ops.get('constexpr_affine_dequantize', 0)} "
+                                f"int8 weights, as in the bundle; "
+                                f"{coreml['fidelity_vs_torch'].get('reason', 'predictions match torch')}"}]
 
 
 def _markdown(report: dict) -> str:
@@ -52,4 +76,9 @@ def _markdown(report: dict) -> str:
         lines += ["", f"Placement on {fb['target']} (measured): {fb['reverted_units']} of {fb['units']} units in "
                       f"float; {fb['placement']}. Every decision and its timings: model.edgeq/manifest.json "
                       f"(fallback.placement)."]
+    lines += ["", "Other targets, from the same bundle:", "", "| target | artifact | size MB | checked here |",
+              "|---|---|---|---|"]
+    for t in report["targets"]:
+        size = f"{t['bytes'] / 1e6:.2f}" if t["bytes"] else "–"
+        lines.append(f"| {t['target']} | {t['artifact'] or '–'} | {size} | {t['check']} |")
     return "\n".join(lines) + "\n"

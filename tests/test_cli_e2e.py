@@ -57,6 +57,9 @@ def test_demo_writes_report(tmp_path):
     assert (tmp_path / "demo" / "report.md").is_file()
     rows = {r["variant"]: r for r in result["rows"]}
     assert rows["int8"]["drop_pp"] <= 1.0 and rows["fp32"]["top1"] > 0.85
+    targets = {t["target"].split(" ")[0]: t for t in result["targets"]}
+    assert "0 lint findings" in targets["TensorRT"]["check"]
+    assert (tmp_path / "demo" / "model_tensorrt" / "model.onnx").is_file()
 
 
 @pytest.mark.slow
