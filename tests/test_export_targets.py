@@ -103,7 +103,8 @@ def _conv_graph(x_zp=np.int8(0), w_axis=0, residual="float", extra_nodes=()):
              numpy_helper.from_array(np.asarray(x_zp), "zp"),
              numpy_helper.from_array(w, "w"),
              numpy_helper.from_array(np.full(4, 0.1, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(4, np.int8), "wzp")]
+             numpy_helper.from_array(np.zeros(4, np.int8), "wzp"),
+             numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "wf")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q_in"),
              helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq_in"),
              helper.make_node("DequantizeLinear", ["w", "ws", "wzp"], ["wd"], name="dq_w", axis=w_axis),
@@ -134,6 +135,9 @@ def test_lint_accepts_a_clean_graph():
     (lambda: _conv_graph(x_zp=np.int8(5), residual="quantized"), {("asymmetric-zero-point", "q_in")}),
     (lambda: _conv_graph(w_axis=1, residual="quantized"), {("per-channel-axis", "dq_w")}),
     (lambda: _conv_graph(), {("unquantized-residual", "add")}),
+    (lambda: _conv_graph(residual="quantized", extra_nodes=[
+        helper.make_node("Conv", ["xd", "wf"], ["c2"], name="conv_float_weight")]),
+     {("half-quantized", "conv_float_weight")}),
     (lambda: _conv_graph(residual="quantized", extra_nodes=[
         helper.make_node("Softmax", ["xd"], ["sm"], name="softmax")]), {("qdq-in-norm", "dq_in")}),
     (lambda: _conv_graph(residual="quantized", extra_nodes=[

@@ -68,6 +68,8 @@ def lint(model: onnx.ModelProto) -> list[Finding]:
             findings += _check_qdq(node, label, view)
         elif node.op_type == "Add":
             findings += _check_residual(node, label, view)
+        elif node.op_type in FUSING:
+            findings += _check_half_quantized(node, label, view)
     return findings
 
 
@@ -146,6 +148,18 @@ def _output_axis(user: onnx.NodeProto, ndim: int) -> int | None:
     if user.op_type == "Gemm":
         return 0 if next((a.i for a in user.attribute if a.name == "transB"), 0) else 1
     return None
+
+
+def _check_half_quantized(node: onnx.NodeProto, label: str, view: GraphView) -> list[Finding]:
+    """A Conv/Gemm/MatMul runs in int8 only when both its data and its weight arrive through a DQ."""
+    quantized = [view.produced_by(name, {"DequantizeLinear"}) for name in node.input[:2]]
+    if len(quantized) < 2 or quantized[0] == quantized[1]:
+        return []
+    float_side = node.input[quantized.index(False)]
+    return [Finding("warning", "half-quantized", label, node.op_type,
+                    f"only one of its two inputs is quantized ({float_side!r} is float), so TensorRT runs "
+                    f"it in floating point with an extra dequantization",
+                    f"quantize {float_side!r} too, or remove the other input's Q/DQ pair")]
 
 
 def _check_residual(node: onnx.NodeProto, label: str, view: GraphView) -> list[Finding]:
