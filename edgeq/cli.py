@@ -158,6 +158,8 @@ def _print_export(r: dict) -> None:
         click.echo(f"ML program: {ops.get('quantize', 0)} quantize, {ops.get('dequantize', 0)} dequantize, "
                    f"{ops.get('constexpr_affine_dequantize', 0)} int8 weight constants; compute ops "
                    f"{r['mil_op_dtypes']}")
+    if r.get("placement_note"):
+        click.echo(f"note: {r['placement_note']}")
     if "engine" in r:
         engine = r["engine"]
         click.echo(f"engine: {engine['path']}" if engine["built"] else f"engine not built: {engine['reason']}")

@@ -94,6 +94,18 @@ def test_tensorrt_keeps_fallback_units_float(tmp_path, floated_bundle):
     assert len(record["float_layers"]["layers"]) == 1
 
 
+def test_placement_from_another_runtime_is_flagged():
+    from types import SimpleNamespace
+
+    from edgeq.export.onnx import placement_note
+    layers = {"a": {"quantized": False, "reason": "latency on ort-cpu: all depthwise-conv units in float …"},
+              "b": {"quantized": False, "reason": "accuracy budget: …"}, "c": {"quantized": True, "reason": "x"}}
+    note = placement_note(SimpleNamespace(manifest={"layers": layers}), "TensorRT")
+    assert note.startswith("1 layers are float because the latency placement measured on ort-cpu")
+    assert "--no-latency-search" in note
+    assert placement_note(SimpleNamespace(manifest={"layers": {"c": layers["c"]}}), "CoreML") is None
+
+
 # --- the TensorRT lint ----------------------------------------------------------------------------------
 
 def _conv_graph(x_zp=np.int8(0), w_axis=0, residual="float", extra_nodes=()):

@@ -33,7 +33,7 @@ from ..fsutil import atomic_path, check_output
 from ..metrics import compare
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
 from ..quant.pipeline import run_graph
-from .onnx import _batch, bit_widths, float_layers, sidecar_path
+from .onnx import _batch, bit_widths, float_layers, placement_note, sidecar_path
 
 FLAVOURS = ("w8a8", "w8", "fp16")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
@@ -76,6 +76,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
                              "precision": "FP16 (no quantizer; compute precision float16)"},
             "mil_ops": ops["all"], "mil_op_dtypes": ops["compute_dtypes"], "expected_quant_ops": expected,
             "fidelity_vs_torch": _fidelity(mlmodel, gm, bundle, flavour),
+            "placement_note": placement_note(bundle, "CoreML"),
             "created_by": f"edgeq {__version__}",
         }
         with atomic_path(sidecar_path(out)) as side:   # the record lands just before the package

@@ -90,6 +90,23 @@ def float_layers(bundle: Bundle) -> list[str]:
     return sorted(n for n, d in bundle.manifest["layers"].items() if not d["quantized"])
 
 
+def placement_note(bundle: Bundle, target: str) -> str | None:
+    """A warning when layers are float because a latency search on another runtime found int8 slower there:
+    that decision does not carry over to ``target``."""
+    searched: dict[str, int] = {}
+    for layer in bundle.manifest["layers"].values():
+        reason = layer.get("reason", "")
+        if not layer["quantized"] and reason.startswith("latency on "):
+            runtime = reason[len("latency on "):].split(":")[0]
+            searched[runtime] = searched.get(runtime, 0) + 1
+    if not searched:
+        return None
+    runtime, count = max(searched.items(), key=lambda kv: kv[1])
+    return (f"{count} layers are float because the latency placement measured on {runtime} found int8 slower "
+            f"there, which says nothing about {target}; for {target}, quantize with --no-latency-search (the "
+            f"accuracy-budget and outlier fallbacks still apply).")
+
+
 def _batch(bundle: Bundle) -> int:
     return 32 if bundle.manifest["dynamic_batch"] else bundle.input_shape[0]
 

@@ -30,7 +30,7 @@ from ..fsutil import atomic_path, check_output
 from ..metrics import compare
 from ..profile import ort_cpu
 from ..quant.pipeline import run_graph
-from .onnx import _batch, _export, bit_widths, float_layers, sidecar_path
+from .onnx import _batch, _export, bit_widths, float_layers, placement_note, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual
 
@@ -72,7 +72,8 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
             "lint": [f.to_dict() for f in findings],
             "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model",
                                   "runtime": "ONNX Runtime CPU (the engine itself is checked where it is built)"},
-            "engine": engine, "trtexec": command, "created_by": f"edgeq {__version__}",
+            "engine": engine, "trtexec": command, "placement_note": placement_note(bundle, "TensorRT"),
+            "created_by": f"edgeq {__version__}",
         }
         sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")
     return record
