@@ -230,15 +230,31 @@ def test_onnx_fp16_simplified_and_dynamic_batch(tmp_path, tiny_bundle):
     assert r16["fidelity_vs_torch"]["top1_agreement"] == 1.0
 
 
-def test_dynamic_batch_on_a_fixed_batch_bundle(tmp_path, calib_npy, tiny_spec):
-    bundle = tmp_path / "b.edgeq"
-    api.quantize(tiny_spec, str(calib_npy), "w8a8-fast", bundle, input_shape="1x3x32x32")
-    manifest = json.loads((bundle / "manifest.json").read_text())
+def _static_bundle(tmp_path, factory: str, shape: tuple) -> Path:
+    """A bundle captured at batch 1 (from a statically exported .pt2 program)."""
+    sys.path.insert(0, str(TESTS))
+    import tiny_models
+    program = tmp_path / f"{factory}.pt2"
+    torch.export.save(torch.export.export(getattr(tiny_models, factory)(), (torch.randn(*shape),)), program)
+    calib = tmp_path / f"{factory}.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32))
+    bundle = tmp_path / f"{factory}.edgeq"
+    api.quantize(str(program), str(calib), "w8a8-fast", bundle)
+    assert json.loads((bundle / "manifest.json").read_text())["dynamic_batch"] is False
+    return bundle
+
+
+def test_dynamic_batch_on_a_fixed_batch_bundle(tmp_path):
+    bundle = _static_bundle(tmp_path, "outlier_net", (1, 3, 16, 16))
     r = api.export(bundle, "onnx", tmp_path / "d.onnx", dynamic_batch=True)
     dim = onnx.load(str(tmp_path / "d.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param == "batch" and r["dynamic_batch"]
-    if not manifest["dynamic_batch"]:
-        assert r["passes"]["batch_axis_made_dynamic"]["max_abs_diff"] <= 1e-4
+    assert r["passes"]["batch_axis_made_dynamic"]["max_abs_diff"] <= 1e-4
+
+    fixed = _static_bundle(tmp_path, "tiny_hybrid", (1, 3, 32, 32))   # its attention reshape holds batch 1
+    result = cli("export", fixed, "-o", tmp_path / "f.onnx", "--dynamic-batch")
+    assert result.exit_code == 2 and "fixes its batch size" in result.output and "node_view" in result.output
+    assert not (tmp_path / "f.onnx").exists()
 
 
 # --- reparameterization ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -31,10 +32,12 @@ def make_batch_dynamic(path: Path, samples: np.ndarray) -> dict:
     del model.graph.value_info[:]   # intermediate shapes still name the old batch size
     onnx.save(model, str(path))
     try:
-        batched = ort_cpu.run(ort_cpu.session(path), samples, batch_size=max(2, min(8, len(samples))))
+        batched = ort_cpu.run(ort_cpu.session(path, quiet=True), samples, batch_size=max(2, min(8, len(samples))))
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types when a reshape bakes the batch in
-        raise ArtifactError(f"this model's graph fixes its batch size (a reshape or view holds it), so "
-                            f"--dynamic-batch cannot apply: {str(exc).splitlines()[0][:160]}") from None
+        node = re.search(r"running (\w+) node\. Name:'([^']+)'", str(exc))
+        where = f"its {node.group(1)} node {node.group(2)} holds it" if node else "a reshape or view holds it"
+        raise ArtifactError(f"this model's graph fixes its batch size ({where}), so --dynamic-batch cannot "
+                            f"apply; capture the model with a dynamic batch axis instead.") from None
     diff = _diff(reference, batched)
     if diff > TOLERANCE:
         raise ArtifactError(f"with a dynamic batch axis the outputs change by {diff:.3g}; this graph mixes "

@@ -9,13 +9,14 @@ import numpy as np
 from ..errors import ArtifactError
 
 
-def session(path: str | Path, threads: int | None = None):
+def session(path: str | Path, threads: int | None = None, quiet: bool = False):
+    """``quiet``: no ONNX Runtime error log either (for probes whose failure edgeq explains itself)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
