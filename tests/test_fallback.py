@@ -219,3 +219,15 @@ def test_budget_bad_input(tmp_path, calib_npy, labelled_npz, tiny_spec, args, fr
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], result.output
     assert not out.exists() and not (tmp_path / "out.best-effort.edgeq").exists()
+
+
+def test_paired_ratio_sees_through_machine_drift():
+    """Block pairs share the machine's slow phases: a 10 % gain under 3x drift is still resolved, and two
+    equal models are never called faster."""
+    from edgeq.profile.latency import _ratio
+    rng = np.random.default_rng(0)
+    drift = rng.uniform(5.0, 15.0, 20)
+    faster = _ratio(drift, drift * 0.9 * (1 + rng.normal(0, 0.01, 20)), seed=0)
+    assert 0.88 < faster.low <= faster.ratio <= faster.high < 0.92 and faster.faster(0.01)
+    same = _ratio(drift, drift * (1 + rng.normal(0, 0.01, 20)), seed=0)
+    assert same.low < 1.0 < same.high + 0.005 and not same.faster(0.01)
