@@ -216,9 +216,8 @@ def check(artifact: str | Path, target: str = "tensorrt") -> dict:
     from .export.trt_rules import lint
     if target not in CHECK_TARGETS:
         raise ArtifactError(f"unknown check target {target!r}: use {', '.join(CHECK_TARGETS)}.")
-    path = Path(artifact)
-    if path.is_dir() and (path / "model.onnx").is_file():   # an `edgeq export --to tensorrt` folder
-        path = path / "model.onnx"
+    from .export.onnx import onnx_in
+    path = onnx_in(artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact {artifact} does not exist.")
     try:
@@ -310,11 +309,12 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     """Latency of one artifact on ``target`` (warm-up, then p50/p90/p99 over ``runs``); with ``ops``, also
     the time per op type and the kernel the runtime picked, from the runtime's own profiler."""
     from .envinfo import machine, package_versions
-    from .export.onnx import read_artifact
+    from .export.onnx import onnx_in, read_artifact
     from .profile.latency import measure_interleaved
 
     if runs <= 0 or warmup < 0 or threads <= 0 or batch <= 0:
         raise ArtifactError("--runs, --threads and --batch must be positive and --warmup not negative.")
+    artifact = onnx_in(artifact)
     record = read_artifact(artifact)
     m = measure_interleaved({"model": artifact}, runs=runs, warmup=warmup, batch=batch, threads=threads,
                             target=target)["model"]

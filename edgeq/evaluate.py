@@ -10,7 +10,7 @@ import numpy as np
 from .bundle import float_graph, read_bundle
 from .data import load_data
 from .errors import ArtifactError, CalibrationError
-from .export.onnx import read_artifact
+from .export.onnx import onnx_in, read_artifact
 from .metrics import compare, top1
 from .models.intake import InputSpec
 from .profile import ort_cpu
@@ -26,6 +26,7 @@ def input_spec_of(record: dict, sess) -> InputSpec:
 
 def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
                       reference: str | None = None, threads: int | None = None) -> dict:
+    artifact = onnx_in(artifact)
     if Path(artifact).is_dir():
         return evaluate_bundle(artifact, data, limit)
     record = read_artifact(artifact)

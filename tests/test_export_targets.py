@@ -82,6 +82,9 @@ def test_tensorrt_without_tensorrt_writes_trtexec_command(tmp_path, zoo_bundles)
     record = json.loads((tmp_path / "trt" / "model.onnx.json").read_text())
     assert record["engine"]["built"] is False and record["format"] == "onnx-tensorrt"
     assert not (tmp_path / "trt" / "model.engine").exists()
+    for command in (["eval", tmp_path / "trt", "--limit", "200"], ["profile", tmp_path / "trt", "--runs", "5"]):
+        result = cli(*command, "--json")   # the folder stands for its model.onnx
+        assert result.exit_code == 0 and "model.onnx" in result.output, result.output
 
 
 def test_tensorrt_keeps_fallback_units_float(tmp_path, floated_bundle):

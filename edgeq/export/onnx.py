@@ -166,6 +166,14 @@ def _conversion_error(exc: Exception) -> str:
     return f"torch's ONNX exporter failed: {(text.splitlines() or [type(exc).__name__])[0][:200]}."
 
 
+def onnx_in(path: str | Path) -> Path:
+    """An ONNX artifact path; an ``edgeq export --to tensorrt`` folder stands for the model.onnx inside it."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").is_file():
+        return path / "model.onnx"
+    return path
+
+
 def read_artifact(path: str | Path) -> dict:
     """The sidecar record of an exported artifact, or a minimal record for a foreign ONNX file."""
     path = Path(path)
