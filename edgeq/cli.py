@@ -156,7 +156,7 @@ def _print_export(r: dict) -> None:
     if "mil_ops" in r:
         ops = r["mil_ops"]
         click.echo(f"ML program: {ops.get('quantize', 0)} quantize, {ops.get('dequantize', 0)} dequantize, "
-                   f"{ops.get('constexpr_affine_dequantize', 0)} int8 weight constants; compute ops "
+                   f"{ops.get('constexpr_affine_dequantize', 0)} int8 constants; compute ops "
                    f"{r['mil_op_dtypes']}")
     if r.get("placement_note"):
         click.echo(f"note: {r['placement_note']}")

@@ -20,13 +20,14 @@ from edgeq.export.trt_rules import lint
 TESTS = Path(__file__).resolve().parent
 OUTLIER = f"{TESTS / 'tiny_models.py'}:outlier_net"
 ZOO = ("mobilevit_xxs", "levit_128s")
+ZOO_COREML = (*ZOO, "edgenext_xx_small")   # edgenext: a quantizer on a shape-only (constant) tensor
 
 
 @pytest.fixture(scope="module")
 def zoo_bundles(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zoo")
     out = {}
-    for name in ZOO:
+    for name in ZOO_COREML:
         out[name] = folder / f"{name}.edgeq"
         api.quantize(f"zoo:{name}", "zoo", "w8a8-fast", out[name], calib_size=128)
     return out
@@ -183,20 +184,24 @@ def test_check_cli_on_bad_graph_and_bad_input(tmp_path):
 
 # --- CoreML ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_COREML)
 def test_coreml_flavours_hold_edgeq_quantizers(tmp_path, zoo_bundles, name):
     pytest.importorskip("coremltools")
     manifest = json.loads((zoo_bundles[name] / "manifest.json").read_text())
     acts = len(manifest["activation_quantizers"])
     layers = sum(d["quantized"] for d in manifest["layers"].values())
-    expected = {"w8a8": (acts, layers), "w8": (0, layers), "fp16": (0, 0)}
-    for flavour, (quantize, weights) in expected.items():
+    for flavour in ("w8a8", "w8", "fp16"):
         out = tmp_path / f"{flavour}.mlpackage"
         record = api.export(zoo_bundles[name], "coreml", out, precision=flavour)
-        ops = record["mil_ops"]
+        ops, expected = record["mil_ops"], record["expected_quant_ops"]
         assert out.is_dir() and (out / "Manifest.json").is_file()
-        assert ops.get("quantize", 0) == ops.get("dequantize", 0) == quantize
-        assert ops.get("constexpr_affine_dequantize", 0) == weights
+        assert ops.get("quantize", 0) == ops.get("dequantize", 0) == expected["activation_quantize"]
+        assert ops.get("constexpr_affine_dequantize", 0) == expected["int8_constants"]
+        assert expected["int8_weights"] == (layers if flavour != "fp16" else 0)
+        folded = expected["int8_constants"] - expected["int8_weights"]   # quantizers of constant tensors
+        assert expected["activation_quantize"] + folded == (acts if flavour == "w8a8" else 0)
+        if name != "edgenext_xx_small":
+            assert folded == 0
         assert all(set(d) == {"FLOAT16"} for d in record["mil_op_dtypes"].values())
         if platform.system() != "Darwin":
             assert record["fidelity_vs_torch"]["verifiable"] is False
