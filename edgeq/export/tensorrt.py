@@ -83,7 +83,7 @@ def symmetric_int8(model: onnx.ModelProto) -> dict:
     """Every Q/DQ pair becomes signed int8, zero-point 0, one scale per activation tensor, covering the
     range the original quantizer covered (integer weights are re-rounded onto their symmetric grid)."""
     g = GraphIndex(model)
-    zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8))
+    zero = _int8_zero(g)
     acts = weights = 0
     for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear"]:
         scale, zp = g.array(q.input[1]), _zero_point(g, q)
@@ -100,6 +100,12 @@ def symmetric_int8(model: onnx.ModelProto) -> dict:
     remove_unused_initializers(model)
     _drop_value_info(model)
     return {"activations": acts, "weights": weights}
+
+
+def _int8_zero(g: GraphIndex) -> str:
+    """The shared int8 zero-point initializer (added once per graph)."""
+    name = "edgeq_trt_zero_point"
+    return name if name in g.inits else g.add_init(name, np.zeros((), np.int8))
 
 
 def _zero_point(g: GraphIndex, node: onnx.NodeProto) -> np.ndarray:
@@ -156,8 +162,7 @@ def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
         return 0
     amax = _ranges(model, sorted(set(targets.values())), samples)
     g = GraphIndex(model)
-    zero = g.add_init("edgeq_trt_zero_point", np.zeros((), np.int8)) \
-        if "edgeq_trt_zero_point" not in g.inits else "edgeq_trt_zero_point"
+    zero = _int8_zero(g)
     nodes = {n.name: n for n in g.graph.node}
     for add_name, tensor in targets.items():
         scale = g.add_init(f"{tensor}_residual_scale", np.array(max(amax[tensor], 1e-12) / 127.0, np.float32))

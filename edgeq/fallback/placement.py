@@ -63,7 +63,7 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             trial = build(floated | todo)
             r = timer.compare(current, [trial])[0]
             keep = r.faster(MARGIN)
-            steps.append(_step(label, todo, r.reference_ms, r.candidate_ms, r, "float" if keep else "int8"))
+            steps.append(_step(label, todo, r, "float" if keep else "int8", candidate_is_float=True))
             if keep:
                 floated, current = floated | todo, trial
                 by_stage |= todo if label.startswith("stage ") else set()
@@ -75,8 +75,8 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             trial = build(floated - back)
             r = timer.compare(current, [trial])[0]
             keep_int8 = r.faster(MARGIN)
-            steps.append(_step(f"{label} back to int8", back, r.candidate_ms, r.reference_ms, r,
-                               "int8" if keep_int8 else "float"))
+            steps.append(_step(f"{label} back to int8", back, r, "int8" if keep_int8 else "float",
+                               candidate_is_float=False))
             if keep_int8:
                 floated, current = floated - back, trial
         final, floated, verdict = _final(timer, build(all_units), int8_path, current, floated, all_units)
@@ -88,7 +88,8 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             "measure_seconds": round(timer.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _step(label: str, units: set[str], int8_ms: float, float_ms: float, r: Ratio, decision: str) -> dict:
+def _step(label: str, units: set[str], r: Ratio, decision: str, candidate_is_float: bool) -> dict:
+    float_ms, int8_ms = (r.candidate_ms, r.reference_ms) if candidate_is_float else (r.reference_ms, r.candidate_ms)
     return {"candidate": label, "units": sorted(units), "int8_ms": int8_ms, "float_ms": float_ms,
             "ratio": r.ratio, "interval": [r.low, r.high], "decision": decision}
 
