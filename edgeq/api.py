@@ -1,6 +1,7 @@
 """The library surface the CLI calls: quantize(), export(), inspect(), evaluate(), profile()."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, CalibrationError
@@ -18,14 +19,19 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              device: str = "cpu", resume: bool = False, force: bool = False,
              max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
              eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None,
-             placement_from: str | None = None) -> dict:
+             placement_from: str | None = None, dynamic: str | tuple | None = None,
+             metric: "MetricChoice | None" = None, labels: str | None = None) -> dict:
     """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``.
+
+    ``input_shape`` takes one shape per model input ('1x3x48x320,1x40'); ``dynamic`` ('3:32..1280')
+    makes that axis of the first input variable (calibration samples may then differ in length).
 
     Recipes with block reconstruction take ``iters``, ``batch_size``, ``weight_lr``, ``act_lr`` and
     ``drop_prob`` overrides, run on ``device`` and save their state after every block, so that a killed
     run continues with ``resume=True`` and ends with the same result.
 
-    Fallback: ``max_drop`` (pp of top-1 on labelled ``eval_data``) or ``min_cosine`` (output cosine vs
+    Fallback: ``max_drop`` (the drop of ``metric`` on ``eval_data``, in its units: top-1 pp by default for
+    class labels, ``labels`` naming where they are when not in ``eval_data``) or ``min_cosine`` (output cosine vs
     float on ``eval_data`` or the calibration data) reverts the most sensitive units to float until the
     budget holds; ``latency_search`` (default: the recipe's, on for w8a8) keeps in float whatever is not
     faster in int8 on ``target``. A budget that cannot be met raises BudgetError after writing the best
@@ -34,24 +40,23 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     """
     from .data import load_data
     from .fallback.run import FallbackRun, best_effort_path, read_placement
-    from .models.intake import load_model, parse_input_shape
+    from .models.intake import load_model, parse_dynamic, parse_input_shape
     from .profile.targets import get_target
     from .quant.pipeline import quantize_model
-    from .trace.capture import check_input_shape
 
     out = check_output(out, force, is_dir=True)
     rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob)
     device = check_device(device)
-    budget = _check_budget(max_drop, min_cosine, eval_data, eval_size)
+    budget = _check_budget(max_drop, min_cosine, eval_data, eval_size, metric, labels)
     get_target(target)
     placement = read_placement(placement_from) if placement_from else None
     if budget is not None:
         check_output(best_effort_path(out), force, is_dir=True)
     state_dir = _check_resume(out, rec, resume, force)
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    loaded = load_model(model, weights, num_classes, in_chans, shape, trust_pickle)
-    check_input_shape(loaded)
-    data = load_data(calib, loaded.input_spec, limit=rec.calibration.samples)
+    loaded = load_model(model, weights, num_classes, in_chans, shape, trust_pickle,
+                        parse_dynamic(dynamic) if isinstance(dynamic, str) else dynamic)
+    loaded, data = _checked_with_data(loaded, calib, rec.calibration.samples)
     state = None
     if rec.reconstruction is not None:
         if len(data) < rec.reconstruction.batch_size:
@@ -59,50 +64,114 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
                                    f"batch ({rec.reconstruction.batch_size}); give more data or a smaller "
                                    f"--batch-size.")
         state = _resume_state(state_dir, loaded, rec, data, seed, resume)
-    fallback = FallbackRun(budget, _eval_set(eval_data, eval_size, budget, loaded), target, latency_search,
-                           placement)
+    eval_set = _eval_set(eval_data, eval_size, loaded, labels)
+    budget = _budget_metric(budget, eval_set)
+    fallback = FallbackRun(budget, eval_set, target, latency_search, placement)
     result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
     return result
 
 
-def _check_budget(max_drop, min_cosine, eval_data, eval_size):
-    from .errors import CalibrationError
+@dataclass(frozen=True)
+class MetricChoice:
+    """``--metric NAME|file.py:fn|module:fn`` with the options of the CTC metrics."""
+
+    name: str
+    charset: str | None = None
+    blank: int = 0
+
+    def load(self):
+        from .metrics import get_metric
+        return get_metric(self.name, self.charset, self.blank)
+
+
+def _checked_with_data(loaded, calib: str, limit: int):
+    """The model checked on its input shape (a wrong shape is blamed on the shape, before any data is
+    read), then the calibration data; integer inputs (token ids) are checked on the data itself."""
+    from .data import load_data
+    from .errors import InputShapeError
+    from .trace.capture import check_input_shape
+
+    try:
+        check_input_shape(loaded)
+        shape_error = None
+    except InputShapeError as exc:
+        shape_error = exc
+    try:
+        data = load_data(calib, loaded.input_specs, limit=limit)
+    except CalibrationError:
+        if shape_error is not None:
+            raise shape_error from None
+        raise
+    dtypes = [str(a.dtype) for a in data.samples.inputs]
+    if shape_error is not None:
+        if all(d.startswith("float") for d in dtypes):
+            raise shape_error
+        loaded = loaded.with_input_dtypes(dtypes)
+        check_input_shape(loaded, data.samples)
+    return loaded.with_input_dtypes(dtypes), data
+
+
+def _check_budget(max_drop, min_cosine, eval_data, eval_size, metric: MetricChoice | None, labels):
     from .fallback.budget import Budget
 
     if eval_size <= 0:
         raise CalibrationError("--eval-size must be positive.")
     if max_drop is not None and min_cosine is not None:
         raise CalibrationError("give either --max-drop or --min-cosine, not both.")
+    loaded_metric = metric.load() if metric is not None else None   # a bad metric fails before any work
     if max_drop is not None:
         if not max_drop >= 0:
-            raise CalibrationError(f"--max-drop is a top-1 drop in percentage points and cannot be negative "
+            raise CalibrationError(f"--max-drop is a drop in the metric's units and cannot be negative "
                                    f"(got {max_drop}).")
-        if eval_data is None:
+        needs_data = loaded_metric is None or loaded_metric.needs_labels and not loaded_metric.needs_reference
+        if eval_data is None and needs_data:
             raise CalibrationError("--max-drop needs labelled evaluation data: add --eval DATA "
                                    "(e.g. --eval zoo:test, an image folder with class subfolders, or x/y .npz).")
-        return Budget(max_drop=float(max_drop))
+        return Budget(max_drop=float(max_drop), metric=loaded_metric)
     if min_cosine is not None:
         if not -1.0 <= min_cosine <= 1.0:
             raise CalibrationError(f"--min-cosine must be between -1 and 1 (got {min_cosine}).")
         return Budget(min_cosine=float(min_cosine))
     if eval_data is not None:
         raise CalibrationError("--eval is used by an accuracy budget: add --max-drop PP or --min-cosine C.")
+    if labels is not None:
+        raise CalibrationError("--labels are read by an accuracy budget's metric: add --eval DATA and --max-drop.")
     return None
 
 
-def _eval_set(eval_data, eval_size, budget, loaded):
+def _eval_set(eval_data, eval_size, loaded, labels):
     from .data import load_data
-    from .errors import CalibrationError
 
     if eval_data is None:
         return None
-    data = load_data(eval_data, loaded.input_spec, limit=eval_size, default_split="test", what="evaluation")
-    if budget.max_drop is not None and data.labels is None:
-        raise CalibrationError(f"--max-drop needs labels, and the evaluation data {eval_data} has none; "
-                               f"use --min-cosine for unlabelled data.")
-    return data
+    return load_data(eval_data, loaded.input_specs, limit=eval_size, default_split="test", what="evaluation",
+                     labels=labels)
+
+
+def _budget_metric(budget, eval_set):
+    """The budget with its metric settled: top-1 for class labels unless --metric says otherwise."""
+    import dataclasses
+
+    from .metrics import default_metric, get_metric
+    if budget is None or budget.max_drop is None:
+        return budget
+    metric = budget.metric
+    labels = eval_set.labels if eval_set is not None else None
+    if metric is None:
+        name = default_metric(labels)
+        if name is None:
+            raise CalibrationError(f"--max-drop needs a metric: the evaluation data "
+                                   f"{eval_set.source if eval_set else ''} has "
+                                   + ("no labels" if labels is None else "labels that are not class ids")
+                                   + "; pass --metric (e.g. ctc-cer with --charset, or file.py:fn), or use "
+                                     "--min-cosine.")
+        metric = get_metric(name)
+    elif metric.needs_labels and not metric.needs_reference and labels is None:
+        raise CalibrationError(f"--metric {metric.name} needs labels, and the evaluation data has none; "
+                               f"add --labels FILE or use --min-cosine.")
+    return dataclasses.replace(budget, metric=metric)
 
 
 def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob):
@@ -174,10 +243,8 @@ def _resume_state(state_dir: Path, loaded, rec, data, seed: int, resume: bool):
     from . import ui
     from .reconstruct.state import ResumeState, run_key
 
-    import hashlib
-
     key = run_key({"model": loaded.describe(), "recipe": rec.to_dict(), "seed": seed, "data": data.summary(),
-                   "data_sha256": hashlib.sha256(data.x.tobytes()).hexdigest(),
+                   "data_sha256": data.samples.sha256(),
                    "input": loaded.input_spec.to_dict()})
     state = ResumeState(state_dir, key)
     if resume:
@@ -233,25 +300,34 @@ def check(artifact: str | Path, target: str = "tensorrt") -> dict:
 def inspect(model: str, *, weights: str | None = None, num_classes: int | None = None,
             in_chans: int | None = None, input_shape: str | None = None, trust_pickle: bool = False,
             sensitivity: bool = False, calib: str = "zoo", calib_size: int | None = None,
-            recipe: str = "w8a8-fast", eval_data: str | None = None, eval_size: int = 2000) -> dict:
+            recipe: str = "w8a8-fast", eval_data: str | None = None, eval_size: int = 2000,
+            dynamic: str | None = None) -> dict:
     """Block map, parameters, MACs and quantizable ops of a model; with ``sensitivity``, the per-unit and
-    per-block output error of quantizing ``recipe`` (observers only by default, for speed)."""
-    import numpy as np
+    per-block output error of quantizing ``recipe`` (observers only by default, for speed).
 
-    from .models.intake import load_model, parse_input_shape
+    A ``calib`` other than the zoo also supplies the example inputs (token ids must be real ids)."""
+    from .data import load_data
+    from .models.intake import load_model, parse_dynamic, parse_input_shape
     from .trace.blocks import build_block_map
-    from .trace.capture import capture, check_input_shape, fold_batchnorm, has_dynamic_batch, to_graph_module
+    from .trace.capture import capture, check_input_shape, example_inputs, fold_batchnorm, has_dynamic_batch, \
+        to_graph_module
     from .trace.reparam import reparameterize
 
-    loaded = load_model(model, weights, num_classes, in_chans, parse_input_shape(input_shape), trust_pickle)
-    check_input_shape(loaded)
-    probe = np.random.default_rng(0).standard_normal((2, *loaded.input_spec.shape[1:])).astype(np.float32)
+    loaded = load_model(model, weights, num_classes, in_chans, parse_input_shape(input_shape), trust_pickle,
+                        parse_dynamic(dynamic))
+    samples = None
+    if calib != "zoo":
+        samples = load_data(calib, loaded.input_specs, limit=8).samples
+        loaded = loaded.with_input_dtypes([str(a.dtype) for a in samples.inputs])
+    check_input_shape(loaded, samples)
+    probe = samples or tuple(t.numpy() for t in example_inputs(loaded, 2))
     loaded, reparam = reparameterize(loaded, probe)
-    exported = capture(loaded)
+    exported = capture(loaded, samples)
     gm = to_graph_module(exported)
     folded = fold_batchnorm(gm)
     block_map = build_block_map(gm)
     result = {"model": loaded.spec, "input": loaded.input_spec.to_dict(),
+              "inputs": [s.to_dict() for s in loaded.input_specs],
               "dynamic_batch": has_dynamic_batch(exported), "reparameterized": reparam,
               "batchnorm_folded": len(folded),
               "quantizable_ops": quantizable_summary(block_map.op_counts), **block_map.to_dict()}
@@ -267,15 +343,17 @@ def _sensitivity(loaded, calib, calib_size, recipe, eval_data, eval_size) -> dic
     from .quant.pipeline import build_quantized, run_graph
 
     rec = _recipe_with_overrides(recipe, calib_size, None, None, None, None, None)
-    data = load_data(calib, loaded.input_spec, limit=rec.calibration.samples)
+    data = load_data(calib, loaded.input_specs, limit=rec.calibration.samples)
     q = build_quantized(loaded, data, rec, seed=0)
     units = build_units(q.records, q.block_map)
     switch = FloatSwitch(q.gm, q.records)
-    judge = load_data(eval_data, loaded.input_spec, limit=eval_size, default_split="test",
+    judge = load_data(eval_data, loaded.input_specs, limit=eval_size, default_split="test",
                       what="evaluation") if eval_data else data
+    samples = judge.samples.uniform()   # sensitivity stacks outputs: equal lengths only
+    labels = judge.class_labels if not judge.samples.ragged else None
     with switch.floating(units):
-        float_out = run_graph(q.gm, judge.x, q.batch_size)
-    report = analyse(q.gm, switch, units, Probe(judge.x, float_out, judge.labels, q.batch_size))
+        float_out = run_graph(q.gm, samples, q.batch_size)
+    report = analyse(q.gm, switch, units, Probe(samples, float_out, labels, q.batch_size))
     return {"recipe": rec.name, "data": judge.source, **report}
 
 
@@ -299,9 +377,14 @@ def quantizable_summary(op_counts: dict) -> dict:
 
 
 def evaluate(artifact: str | Path, data: str = "zoo:test", *, limit: int | None = None,
-             reference: str | None = None, threads: int | None = None) -> dict:
+             reference: str | None = None, threads: int | None = None, metric: MetricChoice | None = None,
+             labels: str | None = None) -> dict:
+    """``metric`` (default: top-1 for class labels) on ``data`` (``labels`` when stored elsewhere), and
+    fidelity to FP32 per output."""
     from .evaluate import evaluate_artifact
-    return evaluate_artifact(artifact, data, limit, reference, threads)
+    if metric is not None:
+        metric.load()   # a bad metric is one sentence before any inference
+    return evaluate_artifact(artifact, data, limit, reference, threads, metric, labels)
 
 
 def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: int = 10,
@@ -321,9 +404,9 @@ def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: 
     result = {"artifact": str(artifact), "precision": record.get("precision"), **m.to_dict(),
               "env": {"machine": machine(), **package_versions(("onnxruntime", "openvino"))}}
     if ops:
-        from .profile.ort_cpu import random_input
+        from .profile.ort_cpu import example_shapes, random_input
         from .profile.targets import get_target
-        x = random_input(artifact, _onnx_shape(artifact), batch, 0)
+        x = random_input(artifact, _onnx_shape(artifact), batch, 0, (example_shapes(artifact) or [None])[0])
         result["ops"] = get_target(target).ops(artifact, x, max(5, min(runs, 50)), threads)
     return result
 

@@ -5,8 +5,9 @@ and one row per edgeq recipe, each on every runtime (ONNX Runtime and OpenVINO C
 field). A recipe with latency-aware placement (w8a8) is quantized once per target, because the
 placement is searched per runtime; on the zoo suite it reuses the placement searched on the 224×224
 speed-suite model of the same architecture (the deployment resolution) when that exists.
-Accuracy is top-1 on the bundled Fashion-MNIST test set (zoo suite), measured on the exported ONNX in
-each runtime and, for edgeq recipes, also on the bundle's fake-quant torch model (``top1_torch``).
+Accuracy is a metric (top-1 unless ``--metric`` names another; every row says which) on the bundled
+Fashion-MNIST test set (zoo suite), measured on the exported ONNX in each runtime and, for edgeq recipes,
+also on the bundle's fake-quant torch model (``score_torch``; ``top1_torch`` for top-1).
 Sub-8-bit recipes run on 8-bit kernels with their narrow integer ranges (exact: Clip before
 QuantizeLinear, weights on the narrow grid).
 Latency: batch 1 (and 8 on the speed suite), 2 threads, all variants of a model on both runtimes
@@ -30,7 +31,7 @@ from .fsutil import write_text_atomic
 
 ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
 SPEED_SUITE = ("mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "fastvit_t8", "edgenext_xx_small")
-ROW_FIELDS = ("model", "variant", "runtime", "top1", "drop_pp", "top1_torch", "latency_ms_p50",
+ROW_FIELDS = ("model", "variant", "runtime", "metric", "top1", "drop_pp", "top1_torch", "latency_ms_p50",
               "speedup_vs_fp32", "speedup_vs_runtime_fp32", "speedup_vs_fp32_b8", "float_units", "ptq_seconds",
               "fallback_seconds")
 ZOO_RECIPES = ("w8a8-fast", "w8a8", "w6a6", "w4a8")
@@ -40,8 +41,12 @@ SPEED_ITERS = 10
 
 
 def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, runs: int,
-              eval_limit: int | None, out_dir: str | Path) -> dict:
+              eval_limit: int | None, out_dir: str | Path, metric=None) -> dict:
+    """``metric``: an api.MetricChoice for the zoo suite's accuracy (default top1)."""
+    from .api import MetricChoice
     from .quant.recipe import load_recipe
+    metric = metric or MetricChoice("top1")
+    metric.load()   # a bad metric fails before hours of work
     per_suite = {"zoo": recipes or list(ZOO_RECIPES), "speed": recipes or list(SPEED_RECIPES)}
     loaded = {r: load_recipe(r) for rs in per_suite.values() for r in rs}  # fail fast on a bad name
     # None: no reconstruction; False/True: reconstruction without/with latency search
@@ -58,7 +63,7 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, r
     try:
         for suite_name, name in ui.track(plan, "benchmarking"):
             rows += bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit, work / f"{suite_name}-{name}",
-                                searches, out_dir / "placements")
+                                searches, out_dir / "placements", metric)
             markdown = _write_report(out_dir, rows)  # after every model: a crash later keeps what was measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -86,7 +91,7 @@ def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:
 
 
 def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit: int | None,
-                work: Path, searches: dict[str, bool], placements: Path) -> list[dict]:
+                work: Path, searches: dict[str, bool], placements: Path, metric) -> list[dict]:
     """Rows for one model: every variant on every runtime, latency at batch 1 (and 8 on the speed suite)."""
     from . import api
     from .baselines import ort_minmax
@@ -123,7 +128,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
         artifacts[("fp32", runtime)] = {"path": work / "fp32.onnx", "ptq_seconds": None}
         artifacts[("ort-minmax", runtime)] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
     keys = sorted(artifacts, key=lambda k: (_variant_rank(k[0], recipes), RUNTIMES.index(k[1])))
-    accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) if suite == "zoo" else {}
+    accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit, metric) if suite == "zoo" else {}
     latency = {1: _latency(keys, artifacts, runs, 1)}
     if suite == "speed":
         latency[8] = _latency(keys, artifacts, max(20, runs // 4), 8)
@@ -156,22 +161,26 @@ def _save_placement(bundle: Path, path: Path) -> None:
     write_text_atomic(path, json.dumps(read_placement(bundle), indent=2) + "\n")
 
 
-def _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit) -> dict:
+def _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit, metric) -> dict:
+    """``metric`` (top-1 unless the bench was given another) of every exported artifact, and of the
+    bundle's torch model for edgeq recipes; FP32 on the same runtime is the reference."""
     from . import api
     from .data import load_data
-    from .metrics import top1
+    from .metrics import top1_agreement
     from .profile.targets import get_target
 
     test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
-    outputs = {k: get_target(TARGET_OF[k[1]]).outputs(artifacts[k]["path"], test.x) for k in keys}
+    outputs = {k: get_target(TARGET_OF[k[1]]).outputs(artifacts[k]["path"], test.samples) for k in keys}
+    chosen = metric.load()
     result = {}
     for k in keys:
         reference = outputs[("fp32", k[1])]
-        result[k] = {"top1": top1(outputs[k], test.labels), "fp32_top1": top1(reference, test.labels),
-                     "agreement": float((outputs[k].argmax(1) == reference.argmax(1)).mean()),
-                     "eval_samples": len(test)}
+        result[k] = {"metric": chosen, "score": chosen.score(outputs[k], test.labels, reference),
+                     "fp32_score": chosen.score(reference, test.labels, reference),
+                     "agreement": top1_agreement(outputs[k][0], reference[0]), "eval_samples": len(test)}
         if k[0] in recipes and "bundle" in artifacts[k]:
-            result[k]["top1_torch"] = api.evaluate(artifacts[k]["bundle"], "zoo:test", limit=eval_limit)["top1"]
+            evaluated = api.evaluate(artifacts[k]["bundle"], "zoo:test", limit=eval_limit, metric=metric)
+            result[k]["score_torch"] = evaluated["metric"]["value"]
     return result
 
 
@@ -183,16 +192,9 @@ def _latency(keys, artifacts, runs: int, batch: int) -> dict:
 
 def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
     variant, runtime = key
-    acc = accuracy.get(key, {})
-    top1 = acc.get("top1")
     ort_fp32 = ("fp32", "ort")
     row = {"suite": suite, "model": name, "variant": variant, "runtime": runtime,
-           "top1": round(top1, 4) if top1 is not None else None,
-           "drop_pp": round(100 * (acc["fp32_top1"] - top1), 2) if top1 is not None else None,
-           "top1_torch": acc.get("top1_torch"),
-           "top1_agreement_vs_fp32": round(acc["agreement"], 4) if acc else None,
-           "onnx_minus_torch_pp": (round(100 * (top1 - acc["top1_torch"]), 2) if "top1_torch" in acc else None),
-           "reconstruction_iterations": art.get("iterations")}
+           **_accuracy_fields(accuracy.get(key)), "reconstruction_iterations": art.get("iterations")}
     for batch, measured in latency.items():
         suffix = "" if batch == 1 else f"_b{batch}"
         row[f"latency_ms_p50{suffix}"] = measured[key].p50_ms
@@ -205,6 +207,22 @@ def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
                 "units": fallback.get("units"), "placement": fallback.get("placement"),
                 "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples")})
     return row
+
+
+def _accuracy_fields(acc: dict | None) -> dict:
+    """The row's metric in display units; top-1 rows keep the fields earlier reports used (fractions, pp)."""
+    if not acc:
+        return {"metric": None, "top1": None, "drop_pp": None, "top1_torch": None, "top1_agreement_vs_fp32": None}
+    metric, score = acc["metric"], acc["score"]
+    fields = {"metric": metric.name, "score": round(metric.display(score), 4),
+              "drop": round(metric.drop(acc["fp32_score"], score), 4), "score_torch": acc.get("score_torch"),
+              "top1_agreement_vs_fp32": round(acc["agreement"], 4)}
+    if metric.name == "top1":
+        fields.update(top1=round(score, 4), drop_pp=round(100 * (acc["fp32_score"] - score), 2),
+                      top1_torch=round(acc["score_torch"] / 100, 4) if "score_torch" in acc else None,
+                      onnx_minus_torch_pp=(round(100 * score - acc["score_torch"], 2) if "score_torch" in acc
+                                           else None))
+    return fields
 
 
 def _merge(path: Path, rows: list[dict]) -> dict:

@@ -5,7 +5,8 @@
                           block map, versions, seed, file hashes
       model.pt2           the captured float program (torch.export.save, before BN folding)
       quant.safetensors   integer weights and scales, activation scales and zero-points
-      samples.npy         a few calibration inputs, for fidelity checks after export
+      samples.npz         a few calibration inputs (one array per model input, per-sample lengths when
+                          a dynamic axis varies), for fidelity checks after export at several lengths
 
 Same inputs and seed give a byte-identical quant.safetensors.
 """
@@ -24,17 +25,19 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import BundleError
 from .fsutil import atomic_path
-from .models.intake import load_program
+from .models.intake import InputSpec, load_program
 from .quant.fakequant import ActQuant, LayerQuant, apply_weights, insert_quantizers
 from .quant.observers import QParams
 from .quant.recipe import LayerSpec
+from .samples import Samples
 from .trace.capture import fold_batchnorm, to_graph_module
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2     # 2: samples.npz (several inputs, lengths); format 1 bundles (samples.npy) still read
 MANIFEST = "manifest.json"
 PROGRAM = "model.pt2"
 TENSORS = "quant.safetensors"
-SAMPLES = "samples.npy"
+SAMPLES = "samples.npz"
+SAMPLES_V1 = "samples.npy"
 
 
 @dataclass
@@ -43,11 +46,19 @@ class Bundle:
     manifest: dict
     exported: torch.export.ExportedProgram
     tensors: dict[str, torch.Tensor]
-    samples: np.ndarray
+    samples: Samples
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["input"]["shape"])
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        return [InputSpec.from_dict(d) for d in self.manifest.get("inputs") or [self.manifest["input"]]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.manifest.get("outputs") or ["output"]
 
 
 def qparams_to_tensors(prefix: str, qp: QParams) -> dict[str, torch.Tensor]:
@@ -60,7 +71,7 @@ def qparams_meta(qp: QParams) -> dict:
 
 
 def write_bundle(out: Path, program: bytes, records: dict[str, LayerQuant],
-                 act_qparams: dict[str, QParams], manifest: dict, samples: np.ndarray) -> dict:
+                 act_qparams: dict[str, QParams], manifest: dict, samples: Samples) -> dict:
     tensors: dict[str, torch.Tensor] = {}
     for name, qp in act_qparams.items():
         tensors.update(qparams_to_tensors(f"act.{name}", qp))
@@ -75,10 +86,29 @@ def write_bundle(out: Path, program: bytes, records: dict[str, LayerQuant],
     with atomic_path(out, is_dir=True) as tmp:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": "edgeq-bundle"})
         (tmp / PROGRAM).write_bytes(program)
-        np.save(tmp / SAMPLES, samples.astype(np.float32))
+        _save_samples(tmp / SAMPLES, samples)
         manifest["files"] = {f: _sha256(tmp / f) for f in (TENSORS, PROGRAM, SAMPLES)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
     return manifest
+
+
+def _save_samples(path: Path, samples: Samples) -> None:
+    arrays = {f"input_{i}": a for i, a in enumerate(samples.inputs)}
+    if samples.lengths is not None:
+        arrays.update(lengths=samples.lengths, axis=np.array(samples.axis))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_samples(path: Path) -> Samples:
+    if (path / SAMPLES_V1).is_file():
+        return Samples((np.load(path / SAMPLES_V1, allow_pickle=False),))
+    with np.load(path / SAMPLES, allow_pickle=False) as archive:
+        count = sum(k.startswith("input_") for k in archive.files)
+        inputs = tuple(archive[f"input_{i}"] for i in range(count))
+        if "lengths" in archive.files:
+            return Samples(inputs, archive["lengths"], int(archive["axis"]))
+        return Samples(inputs)
 
 
 def _json_default(value):
@@ -121,10 +151,19 @@ def read_bundle(path: str | Path) -> Bundle:
     try:
         exported = load_program(path / PROGRAM)
         tensors = load_file(str(path / TENSORS))
-        samples = np.load(path / SAMPLES, allow_pickle=False)
+        samples = _load_samples(path)
     except Exception:  # noqa: BLE001 - any failure here is a damaged bundle
         raise BundleError(f"{path} could not be read; the bundle is corrupt.") from None
     return Bundle(path, manifest, exported, tensors, samples)
+
+
+def require_plain_input(bundle: Bundle, what: str) -> None:
+    """Exporters that handle one fixed-shape input so far refuse the rest in one sentence."""
+    specs = bundle.input_specs
+    if len(specs) > 1 or specs[0].dynamic:
+        kind = f"{len(specs)} inputs" if len(specs) > 1 else f"a dynamic axis {specs[0].dynamic[0]}"
+        raise BundleError(f"{what} supports models with one fixed-shape input so far; {bundle.path} has {kind} "
+                          f"(export it with --to onnx).")
 
 
 def float_graph(bundle: Bundle) -> torch.fx.GraphModule:

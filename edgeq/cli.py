@@ -40,11 +40,34 @@ def model_options(fn):
         click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded weights_only)."),
         click.option("--num-classes", type=int, help="Classifier size for timm models."),
         click.option("--in-chans", type=int, help="Input channels for timm models."),
-        click.option("--input-shape", help="Input shape such as 1x3x224x224 (default: from zoo/timm config)."),
+        click.option("--input-shape", help="Input shape such as 1x3x224x224, comma-separated for several inputs "
+                                           "(default: from zoo/timm config or the factory's edgeq_input_shape)."),
+        click.option("--dynamic", help="A variable axis of the first input besides the batch, AXIS:MIN..MAX "
+                                       "(e.g. 3:32..1280 for an NCHW width); calibration samples may then differ "
+                                       "in length."),
         click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that need full unpickling."),
     ]):
         fn = option(fn)
     return fn
+
+
+def metric_options(fn):
+    """--metric and what the CTC metrics need; the choice becomes an api.MetricChoice."""
+    for option in reversed([
+        click.option("--metric", help="top1, top5, cosine, sqnr, ctc-cer, ctc-wer, or a function "
+                                      "file.py:fn / module:fn taking (outputs, labels) -> float "
+                                      "(default: top1 for class labels)."),
+        click.option("--charset", type=click.Path(), help="ctc-cer/ctc-wer: one symbol per line, the blank excluded."),
+        click.option("--blank", default=0, show_default=True, type=int, help="ctc-cer/ctc-wer: the blank class index."),
+        click.option("--labels", help="Labels stored apart from the inputs: file.npz:KEY, file.npy or lines.txt."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _metric_choice(metric, charset, blank):
+    from .api import MetricChoice
+    return MetricChoice(metric, charset, blank) if metric else None
 
 
 @click.group()
@@ -70,8 +93,9 @@ def main():
 @click.option("--drop-prob", type=float, help="QDrop probability (default: the recipe's, 0.5).")
 @click.option("--device", default="cpu", show_default=True, help="Where reconstruction runs: cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted reconstruction from its saved state.")
-@click.option("--max-drop", type=float, help="Accuracy budget: top-1 drop in percentage points on --eval "
-                                             "(labelled); the most sensitive units go back to float until it holds.")
+@click.option("--max-drop", type=float, help="Accuracy budget: the drop of --metric on --eval, in its units (top-1 "
+                                             "percentage points by default); the most sensitive units go back to "
+                                             "float until it holds.")
 @click.option("--min-cosine", type=float, help="Accuracy budget without labels: output cosine vs float on --eval "
                                                "(or the calibration data).")
 @click.option("--eval", "eval_data", help="Held-out data for the budget: zoo:test, an image folder, .npy or .npz.")
@@ -81,13 +105,15 @@ def main():
 @click.option("--no-latency-search", is_flag=True, help="Keep every unit the recipe quantizes in int8 (no timing).")
 @click.option("--placement-from", type=click.Path(), help="Apply the placement of another bundle (or its JSON), "
                                                           "e.g. one searched at the deployment resolution.")
+@metric_options
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace an existing output (and discard a saved interrupted run).")
 @command
-def quantize(model, weights, num_classes, in_chans, input_shape, trust_pickle, calib, calib_size,
+def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, calib, calib_size,
              batch_size, recipe, iters, weight_lr, act_lr, drop_prob, device, resume, max_drop, min_cosine,
-             eval_data, eval_size, target, no_latency_search, placement_from, out, seed, force, as_json):
+             eval_data, eval_size, target, no_latency_search, placement_from, metric, charset, blank, labels,
+             out, seed, force, as_json):
     """Quantize a model into a self-describing .edgeq bundle."""
     from . import api
     result = api.quantize(model, calib, recipe, out, weights=weights, num_classes=num_classes,
@@ -96,7 +122,8 @@ def quantize(model, weights, num_classes, in_chans, input_shape, trust_pickle, c
                           weight_lr=weight_lr, act_lr=act_lr, drop_prob=drop_prob, device=device,
                           resume=resume, force=force, max_drop=max_drop, min_cosine=min_cosine,
                           eval_data=eval_data, eval_size=eval_size, target=target,
-                          latency_search=False if no_latency_search else None, placement_from=placement_from)
+                          latency_search=False if no_latency_search else None, placement_from=placement_from,
+                          dynamic=dynamic, metric=_metric_choice(metric, charset, blank), labels=labels)
     _emit(result, as_json, _print_quantize)
 
 
@@ -199,14 +226,14 @@ def _print_check(r: dict) -> None:
 @click.option("--eval", "eval_data", help="Judge on this data instead of the calibration set (labels add top-1).")
 @click.option("--eval-size", default=2000, show_default=True, type=int)
 @command
-def inspect(model, weights, num_classes, in_chans, input_shape, trust_pickle, sensitivity, calib, calib_size,
-            recipe, eval_data, eval_size, as_json):
+def inspect(model, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, sensitivity, calib,
+            calib_size, recipe, eval_data, eval_size, as_json):
     """Show the block map (stem/conv/bridge/attention/mlp/head), params, MACs and quantizable ops."""
     from . import api
     result = api.inspect(model, weights=weights, num_classes=num_classes, in_chans=in_chans,
                          input_shape=input_shape, trust_pickle=trust_pickle, sensitivity=sensitivity,
                          calib=calib, calib_size=calib_size, recipe=recipe, eval_data=eval_data,
-                         eval_size=eval_size)
+                         eval_size=eval_size, dynamic=dynamic)
     _emit(result, as_json, _print_inspect)
 
 
@@ -258,23 +285,30 @@ def _sens_cell(m: dict) -> str:
 @click.option("--limit", type=int, help="Evaluate only the first N samples.")
 @click.option("--reference", type=click.Path(), help="FP32 ONNX to compare outputs with (default: the bundle's).")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@metric_options
 @command
-def eval_cmd(artifact, data, limit, reference, threads, as_json):
-    """Top-1 of an exported artifact in ONNX Runtime, and output fidelity vs FP32."""
+def eval_cmd(artifact, data, limit, reference, threads, metric, charset, blank, labels, as_json):
+    """A metric of an exported artifact in ONNX Runtime (top-1 for class labels), and fidelity vs FP32."""
     from . import api
-    result = api.evaluate(artifact, data, limit=limit, reference=reference, threads=threads)
+    result = api.evaluate(artifact, data, limit=limit, reference=reference, threads=threads,
+                          metric=_metric_choice(metric, charset, blank), labels=labels)
+    _emit(result, as_json, _print_eval)
 
-    def human(r):
-        lines = [f"{r['artifact']} on {r['data']} ({r['samples']} samples, {r['seconds']} s)"]
-        if "top1" in r:
-            lines.append(f"top-1 {100 * r['top1']:.2f} %" + (
-                f" (FP32 {100 * r['fp32_top1']:.2f} %, drop {r['drop_pp']} pp)" if "fp32_top1" in r else ""))
-        if "vs_fp32" in r:
-            v = r["vs_fp32"]
-            lines.append(f"vs FP32: cosine {v['cosine']}, SQNR {v['sqnr_db']} dB, "
-                         f"top-1 agreement {v['top1_agreement']}")
-        click.echo("\n".join(lines))
-    _emit(result, as_json, human)
+
+def _print_eval(r: dict) -> None:
+    lines = [f"{r['artifact']} on {r['data']} ({r['samples']} samples, {r['seconds']} s)"]
+    if "metric" in r:
+        m = r["metric"]
+        unit = {"pp": " %"}.get(m["unit"], f" {m['unit']}" if m["unit"] else "")
+        lines.append(f"{m['name']} {m['value']}{unit}" + (
+            f" (FP32 {m['fp32']}{unit}, drop {m['drop']})" if "fp32" in m else ""))
+    if "vs_fp32" in r:
+        v = r["vs_fp32"]
+        per_output = v["outputs"] if len(v["outputs"]) > 1 else [dict(v, name="output")]
+        for o in per_output:
+            lines.append(f"vs FP32{'' if len(per_output) == 1 else ' (output ' + str(o['name']) + ')'}: cosine "
+                         f"{o['cosine']}, SQNR {o['sqnr_db']} dB, top-1 agreement {o['top1_agreement']}")
+    click.echo("\n".join(lines))
 
 
 @main.command()
@@ -309,12 +343,13 @@ def _print_profile(r: dict) -> None:
 @click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--metric", help="Accuracy metric of the zoo suite: top1 (default), top5, or file.py:fn / module:fn.")
 @command
-def bench(suite, models, recipes, runs, eval_limit, out_dir, as_json):
+def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
     from .bench import run_bench
     result = run_bench(suite, models.split(",") if models else None, recipes.split(",") if recipes else None,
-                       runs, eval_limit, out_dir)
+                       runs, eval_limit, out_dir, _metric_choice(metric, None, 0))
     _emit(result, as_json, lambda r: click.echo(r["markdown"]))
 
 

@@ -47,5 +47,13 @@ class DeviceError(EdgeqError):
     """The requested compute device does not exist on this machine."""
 
 
+class MetricError(EdgeqError):
+    """A metric is unknown, cannot be loaded, rejects the labels or returns something that is not a number."""
+
+
 class BudgetError(EdgeqError):
     """The accuracy budget cannot be met (the best model found is kept under another name)."""
+
+
+class StageError(EdgeqError):
+    """A stage after quantization failed; the learned model is kept under another name and the run can resume."""

@@ -166,9 +166,9 @@ def test_surgery_floats_units_in_the_onnx_graph(tmp_path, tiny_bundle, calib_npy
     everything = float_units(model, acts, set(layers_q))
     assert count(everything, "QuantizeLinear") == 0 and count(everything, "DequantizeLinear") == 0
     x = np.load(calib_npy)[:8]
-    ref = ort_cpu.run(ort_cpu.session(tmp_path / "f.onnx"), x)
+    ref = ort_cpu.run(ort_cpu.session(tmp_path / "f.onnx"), x)[0]
     onnx.save(everything, str(tmp_path / "e.onnx"))
-    got = ort_cpu.run(ort_cpu.session(tmp_path / "e.onnx"), x)
+    got = ort_cpu.run(ort_cpu.session(tmp_path / "e.onnx"), x)[0]
     assert cosine(ref, got) > 0.9999
 
 
@@ -177,8 +177,8 @@ def test_openvino_target_runs_the_same_onnx(tmp_path, tiny_bundle, calib_npy):
     api.export(tiny_bundle, "onnx", tmp_path / "q.onnx", precision="int8")
     x = np.load(calib_npy)[:16]
     for name in ("f.onnx", "q.onnx"):
-        ort_out = ort_cpu.run(ort_cpu.session(tmp_path / name), x)
-        ov_out = openvino_cpu.run(openvino_cpu.compile_model(tmp_path / name, 2), x)
+        ort_out = ort_cpu.run(ort_cpu.session(tmp_path / name), x)[0]
+        ov_out = openvino_cpu.run(openvino_cpu.compile_model(tmp_path / name, 2), x)[0]
         assert cosine(ort_out, ov_out) > 0.999, name
     r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, target="openvino-cpu", batch=2, ops=True)
     assert r["target"] == "openvino-cpu" and r["batch"] == 2 and r["p50_ms"] > 0

@@ -13,7 +13,7 @@ from edgeq.bundle import read_bundle
 
 def test_bundle_is_self_describing(tiny_bundle):
     names = sorted(p.name for p in tiny_bundle.iterdir())
-    assert names == ["manifest.json", "model.pt2", "quant.safetensors", "samples.npy"]
+    assert names == ["manifest.json", "model.pt2", "quant.safetensors", "samples.npz"]
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     for key in ("model", "input", "recipe", "seed", "layers", "calibration", "versions", "block_map",
                 "activation_quantizers", "files"):

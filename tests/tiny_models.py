@@ -249,3 +249,36 @@ class UnsupportedOp(nn.Module):
 def unsupported_op():
     torch.manual_seed(0)
     return UnsupportedOp().eval()
+
+
+class FusedDepthwise(nn.Module):
+    """Depthwise convs after a quantized conv, with and without ReLU (ONNX Runtime fuses that conv's output
+    quantizer into QLinearConv: it must stay per-tensor), and one after a float op (GELU: per-channel is fine)."""
+
+    edgeq_input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw_a = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.conv_b = nn.Conv2d(16, 16, 1)
+        self.dw_b = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.dw_c = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        a = self.dw_a(F.relu(self.stem(x)))        # quantized conv → ReLU → dwconv
+        b = self.dw_b(self.conv_b(F.gelu(a)))      # quantized conv → dwconv
+        c = self.dw_c(F.gelu(b))                   # float op → dwconv
+        return self.head(F.relu(c).mean((2, 3)))
+
+
+def fused_depthwise():
+    torch.manual_seed(0)
+    model = FusedDepthwise()
+    with torch.no_grad():  # very different channel ranges: per-channel scales would win where offered
+        spread = torch.logspace(-2, 1, 16).view(-1, 1, 1, 1)
+        model.stem.weight.mul_(spread)
+        model.conv_b.weight.mul_(spread)
+        model.dw_b.weight.mul_(spread)
+    return model.eval()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__, ui
-from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
+from ..bundle import Bundle, float_graph, quantized_graph, read_bundle, require_plain_input
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare
@@ -53,6 +53,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
     out = check_output(out, force, is_dir=True)
     check_output(sidecar_path(out), force=True)
     bundle = read_bundle(bundle_path)
+    require_plain_input(bundle, "--to coreml")
     gm = float_graph(bundle) if flavour == "fp16" else quantized_graph(bundle)
     with atomic_path(out) as tmp:
         with ui.status(f"converting to a CoreML {flavour} ML program"):
@@ -119,7 +120,7 @@ def _convert(ct, gm: torch.fx.GraphModule, bundle: Bundle, flavour: str, compute
             setattr(gm, name, _CoreMLQuant(module))
         elif isinstance(module, ActQuant):
             module.bypass = True   # w8: activations stay FP16
-    example = torch.from_numpy(bundle.samples[:1].repeat(bundle.input_shape[0], axis=0))
+    example = torch.from_numpy(bundle.samples.inputs[0][:1].repeat(bundle.input_shape[0], axis=0))
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
@@ -198,9 +199,9 @@ def _fidelity(mlmodel, gm, bundle: Bundle, flavour: str) -> dict:
     if platform.system() != "Darwin":
         return {"verifiable": False, "reference": reference,
                 "reason": f"CoreML prediction needs macOS; not verifiable on this OS ({platform.system()})"}
-    x = bundle.samples
+    x = bundle.samples.inputs[0]
     outs = [mlmodel.predict({"input": x[i: i + 1]})["output"] for i in range(len(x))]
-    return {**compare(run_graph(gm, x, 1), np.concatenate(outs)), "verifiable": True, "reference": reference}
+    return {**compare(run_graph(gm, x, 1)[0], np.concatenate(outs)), "verifiable": True, "reference": reference}
 
 
 def _tree_hash(path: Path) -> str:

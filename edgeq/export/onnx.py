@@ -24,11 +24,13 @@ from .. import __version__, ui
 from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
 from ..errors import ArtifactError, OutputError
 from ..fsutil import atomic_path, check_output
-from ..metrics import compare
+from ..metrics import compare_outputs
 from ..profile import ort_cpu
 from ..quant import meta_kernels
 from ..quant.pipeline import run_graph
+from ..trace.capture import dynamic_shapes
 from . import graph_extras
+from .fusion_check import check_fused_groups
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -58,12 +60,14 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         if simplify:
             passes["simplified"] = graph_extras.simplify(tmp, bundle.samples)
         model = onnx.load(str(tmp))
-        fidelity = compare(run_graph(gm, bundle.samples, _batch(bundle)),
-                           ort_cpu.run(ort_cpu.session(tmp), bundle.samples))
+        fidelity = compare_outputs(run_graph(gm, bundle.samples, _batch(bundle)),
+                                   ort_cpu.run(ort_cpu.session(tmp), bundle.samples))
         record = {
             "path": str(out), "format": "onnx", "precision": precision, "opset": opset,
             "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(), "bytes": tmp.stat().st_size,
-            "input": bundle.manifest["input"], "dynamic_batch": bundle.manifest["dynamic_batch"] or dynamic_batch,
+            "input": bundle.manifest["input"], "inputs": [s.to_dict() for s in bundle.input_specs],
+            "outputs": bundle.output_names, "dynamic_batch": bundle.manifest["dynamic_batch"] or dynamic_batch,
+            "lengths_checked": _lengths_checked(bundle),
             "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
             "recipe": bundle.manifest["recipe"]["name"] if precision == "int8" else None,
             "layer_precisions": bit_widths(bundle) if precision == "int8" else None,
@@ -75,6 +79,12 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         with atomic_path(sidecar_path(out)) as side:
             side.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _lengths_checked(bundle: Bundle) -> list[int] | None:
+    """The dynamic-axis sizes the fidelity check ran the export at (the bundle's samples' lengths)."""
+    lengths = bundle.samples.lengths
+    return sorted(int(v) for v in set(lengths.tolist())) if lengths is not None else None
 
 
 def bit_widths(bundle: Bundle) -> dict[str, int]:
@@ -116,16 +126,18 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
     """torch's ONNX export plus the integer passes; ``runtime="tensorrt"`` leaves activations signed and
     biases in float (what TensorRT's explicit quantization takes), for ``export.tensorrt`` to finish."""
     dynamic = bundle.manifest["dynamic_batch"]
+    specs = bundle.input_specs
     n = 2 if dynamic else bundle.input_shape[0]
-    example = torch.from_numpy(np.resize(bundle.samples, (n, *bundle.input_shape[1:])).astype(np.float32))
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+    examples = tuple(torch.from_numpy(np.resize(a, (n, *a.shape[1:])))
+                     for a in bundle.samples.uniform().inputs)
+    shapes = dynamic_shapes(specs) if dynamic else None
     meta_kernels.register()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(gm, (example,), str(path), dynamo=True, opset_version=opset,
-                              input_names=["input"], output_names=["output"], dynamic_shapes=shapes,
-                              external_data=False, optimize=True)
+            torch.onnx.export(gm, examples, str(path), dynamo=True, opset_version=opset,
+                              input_names=[s.name for s in specs], output_names=bundle.output_names,
+                              dynamic_shapes=shapes, external_data=False, optimize=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises ConversionError for ops without ONNX form
@@ -137,6 +149,7 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
         if runtime == "ort":
             passes["biases_quantized_to_int32"] = quantize_biases(model)
             passes["activations_made_unsigned"] = unsigned_activations(model)
+            check_fused_groups(model)  # a sentence now, not an ONNX Runtime failure at the first run
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         with warnings.catch_warnings():
@@ -145,7 +158,8 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
         toposort(model)
         passes["float16"] = True
     meta = {"edgeq_version": __version__, "edgeq_precision": precision,
-            "edgeq_model": bundle.manifest["model"]["spec"]}
+            "edgeq_model": bundle.manifest["model"]["spec"],
+            "edgeq_input_shapes": json.dumps([list(s.shape) for s in specs])}
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     try:
@@ -156,13 +170,16 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
 
 
 def _conversion_error(exc: Exception) -> str:
-    """One sentence naming the op (and node) torch's ONNX exporter could not translate."""
+    """One sentence naming the op (and node) torch's ONNX exporter could not translate, and why."""
     text = str(exc)
-    op = re.search(r"OpOverload\(op='([^']+)'", text)
+    op = re.search(r"OpOverload\(op='([^']+)'", text) or re.search(r"target=torch\.ops\.([\w.]+)", text)
     node = re.search(r"translating node %(\S+)", text)
+    cause = re.search(r"## Exception summary\s+<class '[\w.]*?(\w+)'>: ([^\n]+)", text)
     if op:
         where = f" (node {node.group(1)})" if node else ""
-        return f"ONNX has no translation for op {op.group(1)}{where}; this model cannot be exported to ONNX as is."
+        why = f": {cause.group(2).strip()[:160]}" if cause else ""
+        return (f"ONNX has no translation for op {op.group(1)}{where}{why}; this model cannot be exported to ONNX "
+                f"as is.")
     return f"torch's ONNX exporter failed: {(text.splitlines() or [type(exc).__name__])[0][:200]}."
 
 

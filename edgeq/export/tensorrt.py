@@ -24,10 +24,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import __version__, ui
-from ..bundle import quantized_graph, read_bundle
+from ..bundle import require_plain_input, quantized_graph, read_bundle
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
-from ..metrics import compare
+from ..metrics import compare_outputs
 from ..profile import ort_cpu
 from ..quant.pipeline import run_graph
 from .onnx import _batch, _export, bit_widths, float_layers, placement_note, sidecar_path
@@ -39,21 +39,22 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
                     workspace_mib: int = 1024) -> dict:
     out_dir = check_output(out_dir, force, is_dir=True)
     bundle = read_bundle(bundle_path)
+    require_plain_input(bundle, "--to tensorrt")
     gm = quantized_graph(bundle)
     with atomic_path(out_dir, is_dir=True) as tmp:
         path = tmp / "model.onnx"
         with ui.status("exporting a TensorRT explicit-quantization ONNX"):
             model, passes = _export(gm, bundle, path, "int8", opset, runtime="tensorrt")
             passes["made_symmetric_int8"] = symmetric_int8(model)
-            passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples)
+            passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples.inputs[0])
         findings = lint(model)
         errors = [f for f in findings if f.severity == "error"]
         if errors:   # our own bug, never the user's: say which rule broke
             raise ArtifactError(f"the TensorRT export breaks TensorRT rule {errors[0].rule} at node "
                                 f"{errors[0].node} ({errors[0].message}); please report this.")
         onnx.save(model, str(path))
-        fidelity = compare(run_graph(gm, bundle.samples, _batch(bundle)),
-                           ort_cpu.run(ort_cpu.session(path), bundle.samples))
+        fidelity = compare_outputs(run_graph(gm, bundle.samples, _batch(bundle)),
+                                   ort_cpu.run(ort_cpu.session(path), bundle.samples))
         shape = bundle.input_shape
         dynamic = bundle.manifest["dynamic_batch"]
         command = trtexec_command("model.onnx", "model.engine", shape, dynamic, workspace_mib)

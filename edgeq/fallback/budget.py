@@ -1,6 +1,7 @@
 """Accuracy-budget fallback: revert the most sensitive units to float until the budget holds.
 
-Budgets: ``max_drop`` (top-1 drop in percentage points on labelled evaluation data) or
+Budgets: ``max_drop`` (the drop of a metric against the float model on evaluation data, in that metric's
+units: top-1 in percentage points, CTC character error rate in points, a user metric in its own) or
 ``min_cosine`` (mean output cosine against the float model, for unlabelled data). Each step tries
 the CANDIDATES most promising remaining units (ranked by their only-quantized SQNR at the start,
 then by what each try measured), reverts the one that helps most, and re-ranks. An all-float model is
@@ -10,20 +11,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..metrics import cosine, top1
+from ..metrics import Metric, get_metric
 from .sensitivity import Probe
 from .units import FloatSwitch, Unit
 
 CANDIDATES = 4
 
 
+def output_cosine(outputs, reference) -> float:
+    """Mean per-sample cosine against the float outputs, over every output."""
+    return get_metric("cosine").score(outputs, None, reference)
+
+
 @dataclass(frozen=True)
 class Budget:
-    max_drop: float | None = None      # percentage points
+    max_drop: float | None = None      # in the metric's display units
     min_cosine: float | None = None
+    metric: Metric | None = None       # what max_drop measures (top1 by default for class labels)
 
     def describe(self) -> str:
-        return f"top-1 drop ≤ {self.max_drop} pp" if self.max_drop is not None else f"cosine ≥ {self.min_cosine}"
+        if self.max_drop is None:
+            return f"cosine ≥ {self.min_cosine}"
+        unit = f" {self.metric.unit}" if self.metric.unit else ""
+        return f"{self.metric.name} drop ≤ {self.max_drop}{unit}"
 
 
 class BudgetMetric:
@@ -31,22 +41,26 @@ class BudgetMetric:
 
     def __init__(self, budget: Budget, probe: Probe):
         self.budget, self.probe = budget, probe
-        self.float_top1 = top1(probe.float_out, probe.labels) if probe.labels is not None else None
+        self.float_score = (budget.metric.score(probe.float_out, probe.labels, probe.float_out)
+                            if budget.max_drop is not None else None)
 
     def measure(self, gm) -> dict:
         out = self.probe.outputs(gm)
-        result = {"cosine": cosine(self.probe.float_out, out)}  # unrounded: the budget is judged on it
-        if self.float_top1 is not None:
-            result["top1_drop_pp"] = round(100 * (self.float_top1 - top1(out, self.probe.labels)), 3)
+        result = {"cosine": output_cosine(out, self.probe.float_out)}  # unrounded: the budget is judged on it
+        if self.float_score is not None:
+            metric = self.budget.metric
+            score = metric.score(out, self.probe.labels, self.probe.float_out)
+            result[metric.name] = round(metric.display(score), 4)
+            result["drop"] = round(metric.drop(self.float_score, score), 4)
         return result
 
     def holds(self, m: dict) -> bool:
         if self.budget.max_drop is not None:
-            return m["top1_drop_pp"] <= self.budget.max_drop
+            return m["drop"] <= self.budget.max_drop
         return m["cosine"] >= self.budget.min_cosine
 
     def key(self, m: dict) -> tuple:
-        return (-m.get("top1_drop_pp", 0.0), m["cosine"])
+        return (-m.get("drop", 0.0), m["cosine"])
 
 
 def search(gm, switch: FloatSwitch, units: list[Unit], metric: BudgetMetric, ranking: list[str]) -> dict:
@@ -75,7 +89,8 @@ def search(gm, switch: FloatSwitch, units: list[Unit], metric: BudgetMetric, ran
     met = metric.holds(current)
     return {"budget": metric.budget.describe(), "met": met, "start": start, "final": current,
             "reverted": steps, "quantized_units_left": len(remaining),
-            "metric_resolution_pp": (round(100 / len(metric.probe.x), 3) if metric.probe.labels is not None
-                                     else None)}
+            "metric": metric.budget.metric.name if metric.budget.metric else "cosine",
+            "float_score": (round(metric.budget.metric.display(metric.float_score), 4)
+                            if metric.float_score is not None else None)}
 
 

@@ -5,7 +5,9 @@ records why; ``write_quantized`` then writes the bundle without the reverted uni
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import shutil
 import tempfile
 import time
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from .. import ui
 from ..data import Dataset
-from ..metrics import compare
+from ..errors import BudgetError, EdgeqError, StageError
+from ..metrics import compare_outputs
 from ..profile.targets import DEFAULT_TARGET
 from . import budget as budget_search
 from . import placement, sensitivity
@@ -26,9 +29,90 @@ SENSITIVITY_SAMPLES = 256
 
 def best_effort_path(out: Path) -> Path:
     """Where a run that misses its accuracy budget leaves the best model it found."""
+    return _sibling(out, "best-effort")
+
+
+def learned_path(out: Path) -> Path:
+    """Where a run whose fallback stage or bundle write failed leaves the model it learned (no fallback)."""
+    return _sibling(out, "learned")
+
+
+def _sibling(out: Path, tag: str) -> Path:
     out = Path(out)
     stem = out.name[: -len(".edgeq")] if out.name.endswith(".edgeq") else out.name
-    return out.with_name(f"{stem}.best-effort.edgeq")
+    return out.with_name(f"{stem}.{tag}.edgeq")
+
+
+class StageFailure(Exception):
+    """Something failed inside a named stage; ``keep_learned`` turns it into a StageError sentence."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(f"{stage}: {cause}")
+        self.stage, self.cause = stage, cause
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Name the stage of whatever fails inside (a missed budget is a result, not a failure)."""
+    try:
+        yield
+    except (BudgetError, StageFailure):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the learned model must not be lost
+        raise StageFailure(name, exc) from exc
+
+
+# what to add to a --resume rerun so that it does not fail the same way
+SKIP_STAGE = {"latency placement": "--no-latency-search"}
+
+
+@contextlib.contextmanager
+def keep_learned(out: Path, write_learned, learned_blocks: int | None):
+    """Around the fallback stages and the bundle write, after quantization (and reconstruction) succeeded:
+    a failure writes the learned model to ``learned_path(out)`` first, so the learned work is never lost
+    (``out`` stays unwritten, the resume state stays where it is), and ends in one StageError sentence naming
+    the stage. An EdgeqError is already a sentence raised on purpose: it passes unchanged (where the learned
+    model went is logged), and a BudgetError, a result rather than a failure, writes nothing more.
+
+    ``write_learned(path, report)`` writes the bundle without fallback decisions; ``learned_blocks``:
+    how many reconstructed blocks a ``--resume`` rerun loads instead of learning (None: none saved).
+    """
+    try:
+        yield
+    except BudgetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see stage()
+        failure = exc if isinstance(exc, StageFailure) else StageFailure("fallback", exc)
+        what = describe_failure(failure.cause)
+        path = learned_path(out)
+        try:
+            write_learned(path, {"failed_stage": failure.stage, "error": what})
+            kept = f"the learned model is in {path}"
+        except Exception as again:  # noqa: BLE001
+            kept = f"the learned model could not be written either ({describe_failure(again)})"
+        resume = ""
+        if learned_blocks:
+            skip = f" {SKIP_STAGE[failure.stage]}" if failure.stage in SKIP_STAGE else ""
+            resume = f", and rerunning with --resume{skip} skips the {learned_blocks} learned blocks"
+        if isinstance(failure.cause, EdgeqError):
+            ui.log(f"{kept[0].upper()}{kept[1:]}{resume}.")
+            raise failure.cause from None
+        raise StageError(f"the {failure.stage} stage failed: {what}; {kept}{resume}.") from failure.cause
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A few words on what went wrong, naming the node where ONNX Runtime says which one it refused."""
+    text = str(exc).strip()
+    if isinstance(exc, EdgeqError):
+        return text.rstrip(".")
+    node = re.search(r"Name:'([^']+)'", text)
+    if node:
+        status = re.search(r"Status Message: ([^\n]*)", text)
+        detail = status.group(1).split(" was false. ")[-1] if status else ""  # drop ORT's source location
+        return f"ONNX Runtime refused node {node.group(1)}" + (f" ({detail.strip().rstrip('.')[:160]})"
+                                                                 if detail else "")
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 @dataclass
@@ -66,20 +150,24 @@ class FallbackRun:
         switch = FloatSwitch(q.gm, q.records)
         result.report["units"] = len(units)
         if q.recipe.fallback.outliers:
-            result.report["outliers"] = _outliers(q, units, switch, result)
+            with stage("outlier fallback"):
+                result.report["outliers"] = _outliers(q, units, switch, result)
         if self.budget is not None:
-            result.report["budget"] = self._budget(q, data, units, switch, result)
+            with stage("accuracy budget"):
+                result.report["budget"] = self._budget(q, data, units, switch, result)
         search = q.recipe.fallback.latency_search if self.latency_search is None else self.latency_search
-        if self.placement is not None:
-            result.report["placement"] = _apply_placement(self.placement, units, switch, result)
-        elif search:
-            result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
+        with stage("latency placement"):
+            if self.placement is not None:
+                result.report["placement"] = _apply_placement(self.placement, units, switch, result)
+            elif search:
+                result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
         if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
-            metric = self._metric(q, data, units, switch)
-            final = metric.measure(q.gm)
-            result.report["budget"]["after_placement"] = final
-            result.budget_met = metric.holds(final)
-        result.fidelity = compare(q.float_out, _run(q, q.samples))
+            with stage("accuracy budget"):
+                metric = self._metric(q, data, units, switch)
+                final = metric.measure(q.gm)
+                result.report["budget"]["after_placement"] = final
+                result.budget_met = metric.holds(final)
+        result.fidelity = compare_outputs(q.float_out, _run(q, q.samples))
         result.seconds = time.perf_counter() - start
         return result
 
@@ -89,13 +177,13 @@ class FallbackRun:
             source = self.eval_data if self.eval_data is not None else data
             labels = source.labels if self.budget.max_drop is not None else None
             with switch.floating(units):
-                float_out = _run(q, source.x)
+                float_out = _run(q, source.samples)
             self._budget_metric = budget_search.BudgetMetric(
-                self.budget, sensitivity.Probe(source.x, float_out, labels, q.batch_size))
+                self.budget, sensitivity.Probe(source.samples, float_out, labels, q.batch_size))
         return self._budget_metric
 
     def _budget(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
-        calib = data.x[:SENSITIVITY_SAMPLES]
+        calib = data.samples.uniform().take(slice(0, SENSITIVITY_SAMPLES))
         with switch.floating(units):
             float_out = _run(q, calib)
         live = [u for u in units if u.name not in switch.floated]
@@ -109,7 +197,7 @@ class FallbackRun:
             result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(step['after'])}"
         result.budget_met = report["met"]
         report["sensitivity_top"] = ranking[:10]
-        report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.x),
+        report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.samples),
                                 "labelled": metric.probe.labels is not None}
         return report
 

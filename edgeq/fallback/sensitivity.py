@@ -12,27 +12,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import sqnr_db, top1
-from ..quant.pipeline import run_graph
+from ..samples import Outputs, Samples, run_graph
 from .units import FloatSwitch, Unit
 
 
 @dataclass
 class Probe:
-    """Inputs to judge the model on, its float outputs, and labels when there are any."""
+    """Inputs to judge the model on, its float outputs, and class labels when there are any.
 
-    x: np.ndarray
-    float_out: np.ndarray
+    Sensitivity scores all outputs together (each sample's outputs flattened side by side), so a
+    detection head's boxes count as much as its scores; top-1 reads output 0."""
+
+    samples: Samples
+    float_out: Outputs
     labels: np.ndarray | None
     batch_size: int
 
-    def outputs(self, gm) -> np.ndarray:
-        return run_graph(gm, self.x, self.batch_size)
+    def outputs(self, gm) -> Outputs:
+        return run_graph(gm, self.samples, self.batch_size)
 
-    def score(self, out: np.ndarray) -> dict:
-        result = {"sqnr_db": round(sqnr_db(self.float_out, out), 3), "kl": round(kl_divergence(self.float_out, out), 6)}
+    def score(self, out: Outputs) -> dict:
+        ref, test = joined(self.float_out), joined(out)
+        result = {"sqnr_db": round(sqnr_db(ref, test), 3), "kl": round(kl_divergence(ref, test), 6)}
         if self.labels is not None:
-            result["top1_drop_pp"] = round(100 * (top1(self.float_out, self.labels) - top1(out, self.labels)), 3)
+            result["top1_drop_pp"] = round(100 * (top1(self.float_out[0], self.labels) - top1(out[0], self.labels)), 3)
         return result
+
+
+def joined(outputs: Outputs) -> np.ndarray:
+    """[N, D]: every output of a sample flattened and concatenated (equal-length samples only)."""
+    return np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs], axis=1)
 
 
 def kl_divergence(reference: np.ndarray, test: np.ndarray) -> float:
@@ -67,7 +76,7 @@ def analyse(gm, switch: FloatSwitch, units: list[Unit], probe: Probe) -> dict:
                                                             "units": [m.name for m in members]})
                   for name, members in blocks.items()]
     rank = lambda r: r["only_quantized"]["sqnr_db"]  # noqa: E731 - lower SQNR = more sensitive
-    return {"all_quantized": full, "samples": int(len(probe.x)), "labelled": probe.labels is not None,
+    return {"all_quantized": full, "samples": int(len(probe.samples)), "labelled": probe.labels is not None,
             "units": sorted(rows, key=rank), "blocks": sorted(block_rows, key=rank)}
 
 

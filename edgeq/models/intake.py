@@ -11,6 +11,7 @@ import importlib.util
 import re
 import sys
 import zipfile
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,18 +32,23 @@ class InputSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     name: str = "input"
+    dtype: str = "float32"                  # int64 for token ids
+    dynamic: tuple[int, int, int] | None = None   # (axis, min, max): a variable width/time axis besides batch
 
     @property
     def is_image(self) -> bool:
-        return len(self.shape) == 4
+        """Image inputs get image preprocessing (folders, the zoo sets); sequences and token ids never do."""
+        return len(self.shape) == 4 and self.dtype.startswith("float")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "InputSpec":
+        dynamic = data.get("dynamic")
         return cls(shape=tuple(data["shape"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
-                   name=data.get("name", "input"))
+                   name=data.get("name", "input"), dtype=data.get("dtype", "float32"),
+                   dynamic=tuple(dynamic) if dynamic else None)
 
 
 @dataclass
@@ -52,42 +58,101 @@ class LoadedModel:
     input_spec: InputSpec
     exported: "torch.export.ExportedProgram | None" = None
     details: dict = field(default_factory=dict)
+    extra_inputs: tuple[InputSpec, ...] = ()   # the second and later inputs of a multi-input model
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return (self.input_spec, *self.extra_inputs)
 
     def describe(self) -> dict:
         return {"spec": self.spec, **self.details}
 
+    def with_input_dtypes(self, dtypes: list[str]) -> "LoadedModel":
+        """Input dtypes learned from the calibration data (token ids are integers)."""
+        specs = [dataclasses.replace(s, dtype=d) for s, d in zip(self.input_specs, dtypes)]
+        return dataclasses.replace(self, input_spec=specs[0], extra_inputs=tuple(specs[1:]))
 
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | tuple[tuple[int, ...], ...] | None:
+    """'1x3x224x224' → one shape; '1x3x48x320,1x40' → one shape per model input."""
     if text is None:
         return None
-    if not re.fullmatch(r"\d+(x\d+)*", text.strip()):
-        raise InputShapeError(f"--input-shape must look like 1x3x224x224, got {text!r}.")
-    shape = tuple(int(v) for v in text.strip().split("x"))
-    if any(v <= 0 for v in shape):
+    parts = [p.strip() for p in text.split(",")]
+    if not all(re.fullmatch(r"\d+(x\d+)*", p) for p in parts):
+        raise InputShapeError(f"--input-shape must look like 1x3x224x224 (comma-separated for several inputs), "
+                              f"got {text!r}.")
+    shapes = tuple(tuple(int(v) for v in p.split("x")) for p in parts)
+    if any(v <= 0 for shape in shapes for v in shape):
         raise InputShapeError(f"--input-shape dimensions must be positive, got {text!r}.")
-    return shape
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def parse_dynamic(text: str | None) -> tuple[int, int, int] | None:
+    """'3:32..1280' → (axis 3, min 32, max 1280): a variable axis of the first input besides the batch."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*\.\.\s*(\d+)\s*", text)
+    if not match:
+        raise InputShapeError(f"--dynamic must look like AXIS:MIN..MAX (e.g. 3:32..1280), got {text!r}.")
+    axis, lo, hi = (int(v) for v in match.groups())
+    if axis == 0:
+        raise InputShapeError("--dynamic names axis 0, the batch axis, which is always dynamic; "
+                              "name the width/time axis (e.g. 3 for NCHW width).")
+    if not 2 <= lo <= hi:  # torch.export treats sizes 0 and 1 as special and specialises them
+        raise InputShapeError(f"--dynamic range {lo}..{hi} must satisfy 2 <= MIN <= MAX.")
+    return axis, lo, hi
+
+
+def _with_dynamic(spec: InputSpec, dynamic, model_spec: str) -> InputSpec:
+    if dynamic is None:
+        return spec
+    axis, lo, hi = dynamic
+    if axis >= len(spec.shape):
+        raise InputShapeError(f"--dynamic axis {axis} does not exist: {model_spec} takes inputs shaped "
+                              f"{_fmt(spec.shape)} ({len(spec.shape)} axes).")
+    if not lo <= spec.shape[axis] <= hi:
+        raise InputShapeError(f"the dynamic range {lo}..{hi} of axis {axis} excludes the example shape "
+                              f"{_fmt(spec.shape)} (size {spec.shape[axis]}).")
+    return dataclasses.replace(spec, dynamic=(axis, lo, hi))
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None,
-               in_chans: int | None = None, input_shape: tuple[int, ...] | None = None,
-               trust_pickle: bool = False) -> LoadedModel:
-    """Resolve a model spec; raises ModelSpecError / CheckpointError / InputShapeError."""
-    if spec.startswith("zoo:"):
-        loaded = _load_zoo(spec[4:], input_shape)
-    elif spec.startswith("timm:"):
-        loaded = _load_timm(spec[5:], weights, num_classes, in_chans, input_shape, trust_pickle)
-    elif spec.endswith(".pt2"):
-        loaded = _load_pt2(Path(spec), input_shape)
-    elif ":" in spec:
-        loaded = _load_factory(spec, input_shape)
-    else:
-        raise ModelSpecError(f"unknown model spec {spec!r}: use zoo:NAME, timm:NAME, "
-                             f"path/to/file.py:factory, package.module:factory or a .pt2 file.")
+               in_chans: int | None = None, input_shape=None, trust_pickle: bool = False,
+               dynamic: tuple[int, int, int] | None = None) -> LoadedModel:
+    """Resolve a model spec; raises ModelSpecError / CheckpointError / InputShapeError.
+
+    ``input_shape``: one shape, or a tuple of shapes for a model with several inputs (factories and .pt2
+    programs only); ``dynamic``: (axis, min, max) of a variable axis of the first input.
+    """
+    extra = ()
+    if input_shape is not None and isinstance(input_shape[0], (tuple, list)):
+        if len(input_shape) > 1 and (spec.startswith("zoo:") or spec.startswith("timm:")):
+            raise InputShapeError(f"{spec} takes one input; --input-shape gives {len(input_shape)}.")
+        input_shape, extra = tuple(input_shape[0]), tuple(tuple(s) for s in input_shape[1:])
+    loaded = _load(spec, weights, num_classes, in_chans, input_shape, trust_pickle, extra)
+    model_dynamic = getattr(loaded.module, "edgeq_dynamic_axis", None) if loaded.module is not None else None
+    loaded.input_spec = _with_dynamic(loaded.input_spec, dynamic or model_dynamic or loaded.input_spec.dynamic,
+                                      spec)
     if weights and not spec.startswith("timm:"):
         if loaded.module is None:
             raise ModelSpecError("--weights cannot be applied to a .pt2 program; its weights are inside it.")
         load_state_dict_file(loaded.module, Path(weights), spec, trust_pickle)
         loaded.details["weights"] = str(weights)
+    return loaded
+
+
+def _load(spec: str, weights, num_classes, in_chans, input_shape, trust_pickle, extra) -> LoadedModel:
+    if spec.startswith("zoo:"):
+        loaded = _load_zoo(spec[4:], input_shape)
+    elif spec.startswith("timm:"):
+        loaded = _load_timm(spec[5:], weights, num_classes, in_chans, input_shape, trust_pickle)
+    elif spec.endswith(".pt2"):
+        loaded = _load_pt2(Path(spec), input_shape, extra)
+    elif ":" in spec:
+        loaded = _load_factory(spec, input_shape, extra)
+    else:
+        raise ModelSpecError(f"unknown model spec {spec!r}: use zoo:NAME, timm:NAME, "
+                             f"path/to/file.py:factory, package.module:factory or a .pt2 file.")
     return loaded
 
 
@@ -202,23 +267,37 @@ def pickle_errors() -> tuple:
             OSError, AttributeError, ImportError, KeyError, IndexError, TypeError)
 
 
-def _load_pt2(path: Path, input_shape) -> LoadedModel:
+def _load_pt2(path: Path, input_shape, extra) -> LoadedModel:
     if not path.is_file():
         raise ModelSpecError(f"program {path} does not exist.")
     try:
         exported = load_program(path)
     except Exception:  # noqa: BLE001 - torch raises many types for bad archives
         raise ModelSpecError(f"{path} is not a saved torch.export program (torch.export.save).") from None
-    tensors = [n.meta.get("val") for n in exported.graph.nodes
-               if n.op == "placeholder" and n.name in _user_input_names(exported)]
-    if len(tensors) != 1 or not isinstance(tensors[0], torch.Tensor):
-        raise ModelSpecError(f"{path} must take exactly one tensor input, it takes {len(tensors)}.")
-    # a symbolic (dynamic) batch axis is profiled and described at batch 1
-    native = tuple(1 if isinstance(d, torch.SymInt) else int(d) for d in tensors[0].shape)
-    if input_shape is not None and tuple(input_shape)[1:] != native[1:]:
-        raise InputShapeError(f"{path} was exported for inputs shaped {_fmt(native)}, not {_fmt(input_shape)}.")
-    return LoadedModel(str(path), None, InputSpec(native), exported=exported,
-                       details={"source": "pt2", "path": str(path)})
+    names = _user_input_names(exported)
+    tensors = [(n.name, n.meta.get("val")) for n in exported.graph.nodes if n.op == "placeholder" and n.name in names]
+    if not tensors or not all(isinstance(t, torch.Tensor) for _, t in tensors):
+        raise ModelSpecError(f"{path} must take tensor inputs only.")
+    # symbolic axes (batch, a dynamic width) are described at their example size: 1 for the batch
+    specs = []
+    for name, t in tensors:
+        shape = tuple((1 if i == 0 else _hint(d)) if isinstance(d, torch.SymInt) else int(d)
+                      for i, d in enumerate(t.shape))
+        dtype = "float32" if t.dtype.is_floating_point else "int64"
+        specs.append(InputSpec(shape, name=name, dtype=dtype))
+    requested = [tuple(input_shape), *extra] if input_shape is not None else None
+    if requested is not None and [r[1:] for r in requested] != [s.shape[1:] for s in specs]:
+        raise InputShapeError(f"{path} was exported for inputs shaped "
+                              f"{', '.join(_fmt(s.shape) for s in specs)}, not {', '.join(map(_fmt, requested))}.")
+    return LoadedModel(str(path), None, specs[0], exported=exported,
+                       details={"source": "pt2", "path": str(path)}, extra_inputs=tuple(specs[1:]))
+
+
+def _hint(dim) -> int:
+    try:
+        return int(dim.node.hint)
+    except (AttributeError, TypeError):
+        return 1
 
 
 def load_program(path: Path) -> "torch.export.ExportedProgram":
@@ -238,7 +317,7 @@ def _user_input_names(exported) -> set:
     return {s.arg.name for s in exported.graph_signature.input_specs if s.kind == InputKind.USER_INPUT}
 
 
-def _load_factory(spec: str, input_shape) -> LoadedModel:
+def _load_factory(spec: str, input_shape, extra) -> LoadedModel:
     target, _, attr = spec.rpartition(":")
     if not attr.isidentifier():
         raise ModelSpecError(f"model spec {spec!r} must end in ':factory', a Python function name.")
@@ -252,12 +331,32 @@ def _load_factory(spec: str, input_shape) -> LoadedModel:
         raise ModelSpecError(f"{spec} raised {type(exc).__name__} when called: {exc}.") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelSpecError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module.")
-    if input_shape is None:
-        input_shape = getattr(model, "edgeq_input_shape", None)
+    if input_shape is None:  # the model's own declaration: one shape, or a list of shapes
+        declared = getattr(model, "edgeq_input_shape", None)
+        if declared is not None and isinstance(declared[0], (tuple, list)):
+            input_shape, extra = tuple(declared[0]), tuple(tuple(s) for s in declared[1:])
+        else:
+            input_shape = declared
     if input_shape is None:
         raise InputShapeError(f"{spec} needs --input-shape (e.g. 1x3x224x224).")
-    return LoadedModel(spec, model.eval(), InputSpec(tuple(input_shape)),
-                       details={"source": "factory", "factory": spec})
+    shapes = [tuple(input_shape), *extra]
+    names = _forward_names(model, len(shapes))
+    specs = [InputSpec(s, name=n) for s, n in zip(shapes, names)]
+    return LoadedModel(spec, model.eval(), specs[0], details={"source": "factory", "factory": spec},
+                       extra_inputs=tuple(specs[1:]))
+
+
+def _forward_names(model: torch.nn.Module, count: int) -> list[str]:
+    """Input names from forward's signature (what a user's .npz keys are matched against); 'input' for one."""
+    import inspect
+    if count == 1:
+        return ["input"]
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
 
 
 def _import_target(target: str, spec: str):

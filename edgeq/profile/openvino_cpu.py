@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, EdgeqError
+from ..samples import Outputs, run_batches
 from .ort_cpu import LatencyProbe as _OrtProbe
-from .ort_cpu import random_input
+from .ort_cpu import random_feeds
 
 
 def _openvino():
@@ -31,10 +32,15 @@ def compile_model(path: str | Path, threads: int | None = None, batch: int | Non
         config["INFERENCE_NUM_THREADS"] = threads
     try:
         model = core.read_model(str(path))
-        if batch is not None and model.input(0).get_partial_shape()[0].is_dynamic:
-            shape = model.input(0).get_partial_shape()
-            shape[0] = batch
-            model.reshape({model.input(0): shape})
+        if batch is not None:
+            shapes = {}
+            for port in model.inputs:
+                shape = port.get_partial_shape()
+                if shape[0].is_dynamic:
+                    shape[0] = batch
+                    shapes[port] = shape
+            if shapes:
+                model.reshape(shapes)
         return core.compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
         raise ArtifactError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[-1][:200]}.") from None
@@ -44,20 +50,14 @@ def input_shape(compiled) -> list:
     return [d.get_length() if d.is_static else None for d in compiled.input(0).get_partial_shape()]
 
 
-def run(compiled, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Outputs for all of ``x`` (batches padded to a fixed batch axis when the model has one)."""
-    fixed = input_shape(compiled)[0]
-    step = fixed or batch_size
+def run(compiled, samples, batch_size: int = 64) -> Outputs:
+    """Outputs for all ``samples`` (batches padded to a fixed batch axis when the model has one)."""
     request = compiled.create_infer_request()
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i: i + step]
-        n = len(chunk)
-        if fixed and n != fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        result = request.infer({0: np.ascontiguousarray(chunk)})
-        outs.append(np.array(result[compiled.output(0)])[:n])
-    return np.concatenate(outs)
+
+    def infer(arrays):
+        result = request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        return [np.array(result[out]) for out in compiled.outputs]
+    return run_batches(infer, samples, batch_size, input_shape(compiled)[0])
 
 
 class LatencyProbe(_OrtProbe):
@@ -71,11 +71,13 @@ class LatencyProbe(_OrtProbe):
         self.batch = batch
         self.compiled = compile_model(path, threads, batch)
         self.request = self.compiled.create_infer_request()
-        self.x = random_input(path, input_shape(self.compiled), batch, seed)
+        inputs = [(i, [d.get_length() if d.is_static else None for d in port.get_partial_shape()],
+                   str(port.get_element_type())) for i, port in enumerate(self.compiled.inputs)]
+        self.feeds = random_feeds(path, inputs, batch, seed)
         self.times: list[float] = []
 
     def infer(self) -> None:
-        self.request.infer({0: self.x})
+        self.request.infer(self.feeds)
 
 
 def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
+from ..samples import Outputs, run_batches
 
 
 def session(path: str | Path, threads: int | None = None, quiet: bool = False):
@@ -28,20 +29,13 @@ def input_info(sess) -> tuple[str, list]:
     return inp.name, list(inp.shape)
 
 
-def run(sess, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Outputs for all of ``x``; batches of 1 when the model's batch axis is fixed."""
-    name, shape = input_info(sess)
+def run(sess, samples, batch_size: int = 64) -> Outputs:
+    """Outputs for all ``samples`` (Samples, an array, or one array per input); batches padded to a fixed
+    batch axis when the model has one."""
+    names = [i.name for i in sess.get_inputs()]
+    _, shape = input_info(sess)
     fixed = shape[0] if isinstance(shape[0], int) else None
-    step = fixed or batch_size
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i: i + step]
-        if fixed and len(chunk) != fixed:
-            pad = np.repeat(chunk[-1:], fixed - len(chunk), axis=0)
-            outs.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][: len(chunk)])
-        else:
-            outs.append(sess.run(None, {name: chunk})[0])
-    return np.concatenate(outs)
+    return run_batches(lambda arrays: sess.run(None, dict(zip(names, arrays))), samples, batch_size, fixed)
 
 
 class LatencyProbe:
@@ -54,12 +48,12 @@ class LatencyProbe:
         self.threads = threads
         self.batch = batch
         self.sess = session(path, threads)
-        self.name, shape = input_info(self.sess)
-        self.x = random_input(path, shape, batch, seed)
+        inputs = [(i.name, list(i.shape), i.type) for i in self.sess.get_inputs()]
+        self.feeds = random_feeds(path, inputs, batch, seed)
         self.times: list[float] = []
 
     def infer(self) -> None:
-        self.sess.run(None, {self.name: self.x})
+        self.sess.run(None, self.feeds)
 
     def step(self, record: bool = True) -> None:
         start = time.perf_counter()
@@ -72,12 +66,39 @@ class LatencyProbe:
         return Measurement.from_times(self.target, self.batch, self.threads, self.times, warmup)
 
 
-def random_input(path, shape: list, batch: int, seed: int) -> np.ndarray:
-    """A fixed random input of the model's shape at ``batch`` (refused when the batch axis is fixed)."""
+def random_input(path, shape: list, batch: int, seed: int, example: list | None = None,
+                 integer: bool = False) -> np.ndarray:
+    """A fixed random input of the model's shape at ``batch`` (refused when the batch axis is fixed).
+
+    Symbolic axes other than the batch take their size from ``example`` (the shape edgeq exported with);
+    integer inputs (token ids) are zeros, a valid id for any vocabulary."""
     if isinstance(shape[0], int) and shape[0] != batch:
         raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
-    dims = [batch if i == 0 else (d if isinstance(d, int) else 1) for i, d in enumerate(shape)]
+    dims = [batch if i == 0 else (d if isinstance(d, int) else (example[i] if example else 1))
+            for i, d in enumerate(shape)]
+    if integer:
+        return np.zeros(dims, dtype=np.int64)
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def example_shapes(path) -> list | None:
+    """The input shapes edgeq exported the model with (ONNX metadata), for its symbolic axes."""
+    import json
+
+    import onnx
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props["edgeq_input_shapes"])
+    except Exception:  # noqa: BLE001 - a foreign ONNX has no such metadata
+        return None
+
+
+def random_feeds(path, inputs: list[tuple], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """{name: array} for ``inputs`` given as (name, shape, type string such as 'tensor(int64)')."""
+    examples = example_shapes(path) or []
+    return {name: random_input(path, shape, batch, seed + i, examples[i] if i < len(examples) else None,
+                               "int" in str(kind))
+            for i, (name, shape, kind) in enumerate(inputs)}
 
 
 def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:

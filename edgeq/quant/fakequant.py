@@ -8,6 +8,7 @@ An activation tensor read by several layers with the same spec gets one shared q
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -266,21 +267,18 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
     """Give activation quantizers alternative schemes to be chosen later by the block output error.
 
     Symmetric vs asymmetric for every one; per-channel vs per-tensor where every consumer is a
-    depthwise/grouped conv (their channels have very different ranges and never mix) whose output is not
-    quantized again right away (ONNX Runtime would fuse that into QLinearConv, which rejects per-channel
-    input zero-points).
+    depthwise/grouped conv (their channels have very different ranges and never mix) and ONNX Runtime's
+    fused int8 kernels accept it on both sides (``per_channel_legal``).
     """
     consumers: dict[str, set[str]] = {}
     for rec in records.values():
-        op = rec.consumer_op
-        if op == "dwconv" and _feeds_quantizer(gm, rec.layer):
-            op = "dwconv-into-int8"  # a runtime fuses DQ→Conv→Q, whose integer kernel takes one input zero-point
-        consumers.setdefault(rec.act_module, set()).add(op)
+        consumers.setdefault(rec.act_module, set()).add(rec.consumer_op)
     count = 0
     for name, ops in consumers.items():
         module: ActQuant = gm.get_submodule(name)
         base = module.spec
-        grans = {base.granularity} | ({"per_tensor", "per_channel"} if choose_granularity and ops == {"dwconv"} else set())
+        per_channel = choose_granularity and ops == {"dwconv"} and per_channel_legal(gm, name)
+        grans = {base.granularity} | ({"per_tensor", "per_channel"} if per_channel else set())
         schemes = {base.symmetric} | ({True, False} if choose_scheme else set())
         specs = {spec_label(s): s for s in (dataclasses.replace(base, granularity=g, symmetric=sym)
                                             for g in sorted(grans) for sym in sorted(schemes))}
@@ -290,9 +288,60 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
             count += 1
 
 
-def _feeds_quantizer(gm: fx.GraphModule, layer: str) -> bool:
-    users = node_by_name(gm, layer).users
-    return any(u.op == "call_module" and isinstance(gm.get_submodule(u.target), ActQuant) for u in users)
+# The rule for per-channel activation quantizers. ONNX Runtime fuses DQ → Conv/MatMul/Gemm → Q into
+# QLinearConv / QLinearMatMul / QGemm, whose integer kernels take ONE scale and zero-point for the
+# activation input and ONE for the output. Before fusing, it drops a Relu/Clip in front of a Q
+# (ReluQuantFusion / ClipQuantFusion; releases differ in how strictly they check the zero-point) and moves
+# Q/DQ across data-movement ops (QDQ propagation: MaxPool, Reshape, Transpose, Squeeze, Unsqueeze), so a
+# quantizer separated from a quantized conv/linear only by such ops still lands on that fused kernel.
+# A per-channel quantizer is therefore offered only when
+#   - its tensor is not produced by a quantized conv/linear, directly or through these ops (it would be
+#     the fused kernel's output zero-point), and
+#   - no consumer's output reaches another quantizer through these ops (the consumer would be fused with
+#     a per-channel input zero-point).
+# Conservative on purpose: an op listed here that a given release does not fuse only costs a candidate.
+aten = torch.ops.aten
+FUSED_PASS_THROUGH = frozenset({
+    aten.relu, aten.relu_, aten.relu6, aten.hardtanh, aten.hardtanh_, aten.clamp, aten.clamp_, aten.clamp_min,
+    aten.max_pool2d, aten.max_pool2d_with_indices,
+    aten.view, aten.reshape, aten.flatten, aten.permute, aten.transpose, aten.squeeze, aten.unsqueeze,
+    aten.contiguous, aten.clone, aten.dropout, aten.alias,
+})
+QUANTIZED_LAYER_OPS = (aten.conv2d.default, aten.linear.default)
+
+
+def per_channel_legal(gm: fx.GraphModule, act_module: str) -> bool:
+    """Whether a per-channel form of ``act_module`` survives ONNX Runtime's QDQ fusion (see the rule above)."""
+    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == act_module)
+    producer = _skip_back(node.args[0])
+    if producer.target in QUANTIZED_LAYER_OPS and _is_act_quant(gm, producer.args[0]):
+        return False
+    return not any(_reaches_quantizer(gm, layer) for layer in node.users)
+
+
+def _passes_through(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    return node.target is operator.getitem or getattr(node.target, "overloadpacket", None) in FUSED_PASS_THROUGH
+
+
+def _skip_back(node: fx.Node) -> fx.Node:
+    while _passes_through(node) and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _reaches_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s output is quantized again, directly or through pass-through ops."""
+    for user in node.users:
+        if _is_act_quant(gm, user) or (_passes_through(user) and _reaches_quantizer(gm, user)):
+            return True
+    return False
+
+
+def _is_act_quant(gm: fx.GraphModule, node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(gm.get_submodule(node.target),
+                                                                               ActQuant)
 
 
 def freeze_activations(gm: fx.GraphModule) -> dict[str, QParams]:

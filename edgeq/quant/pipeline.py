@@ -7,15 +7,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import ui
 from ..bundle import write_bundle
 from ..data import Dataset
 from ..envinfo import int8_dot_saturates, machine, package_versions
-from ..metrics import compare
+from ..metrics import compare_outputs
 from ..models.intake import LoadedModel
+from ..samples import Outputs, Samples, output_names, run_graph  # noqa: F401 - run_graph is imported from here too
 from ..trace.blocks import BlockMap, build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
 from ..trace.reparam import reparameterize
@@ -24,14 +24,6 @@ from .fakequant import ActQuant, add_act_candidates, finalize_weights, freeze_ac
 from .recipe import Recipe, resolve_reduce_range
 
 FIDELITY_SAMPLES = 32
-
-
-def run_graph(gm: torch.fx.GraphModule, x: np.ndarray, batch_size: int) -> np.ndarray:
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            outs.append(gm(torch.from_numpy(x[i: i + batch_size])).numpy())
-    return np.concatenate(outs)
 
 
 def serialize_program(exported: torch.export.ExportedProgram) -> bytes:
@@ -55,13 +47,14 @@ class Quantized:
     records: dict
     kept_float: dict
     folded: list
-    samples: np.ndarray
-    float_out: np.ndarray
+    samples: Samples
+    float_out: Outputs
     fidelity: dict
     recon_report: dict | None
     outlier_stats: dict
     seconds: float = 0.0
     reparam: dict = dataclasses.field(default_factory=dict)
+    output_names: list = dataclasses.field(default_factory=lambda: ["output"])
 
     def act_qparams(self) -> dict:
         return {name: m.qparams for name, m in self.gm.named_children() if isinstance(m, ActQuant)}
@@ -75,25 +68,36 @@ class Quantized:
 def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path, seed: int,
                    device: str = "cpu", state=None, fallback=None) -> dict:
     """``state`` (a ResumeState) makes block reconstruction save after every region and resume from it;
-    ``fallback`` (FallbackRun) adds accuracy-budget and latency decisions before the bundle is written."""
+    ``fallback`` (FallbackRun) adds accuracy-budget and latency decisions before the bundle is written.
+    A failure after quantization writes the learned model to ``learned_path(out)`` first (``keep_learned``)."""
     from ..errors import BudgetError
-    from ..fallback.run import FallbackRun, best_effort_path
+    from ..fallback.run import FallbackResult, FallbackRun, best_effort_path, keep_learned, stage
     q = build_quantized(loaded, data, recipe, seed, device, state)
-    decisions = (fallback or FallbackRun()).apply(q, data, out)
-    if decisions.budget_met is False:
-        best = best_effort_path(out)
-        write_quantized(q, best, seed, data, device, decisions)
-        budget = decisions.report["budget"]
-        final = budget.get("after_placement") or budget["final"]
-        raise BudgetError(f"the accuracy budget ({budget['budget']}) cannot be met: with "
-                          f"{len(decisions.reverted_units)} of {decisions.report['units']} units in float the "
-                          f"model still has {_fmt_metric(final)}; the best model found is in {best}, "
-                          f"and {out} was not written.")
-    return write_quantized(q, out, seed, data, device, decisions)
+
+    def learned(path, report):  # the model as learned, before any fallback decision
+        return write_quantized(q, path, seed, data, device, FallbackResult(report=report))
+
+    with keep_learned(out, learned, state.regions_done if state is not None else None):
+        decisions = (fallback or FallbackRun()).apply(q, data, out)
+        if decisions.budget_met is False:
+            best = best_effort_path(out)
+            with stage("bundle write"):
+                write_quantized(q, best, seed, data, device, decisions)
+            budget = decisions.report["budget"]
+            final = budget.get("after_placement") or budget["final"]
+            raise BudgetError(f"the accuracy budget ({budget['budget']}) cannot be met: with "
+                              f"{len(decisions.reverted_units)} of {decisions.report['units']} units in float the "
+                              f"model still has {_fmt_metric(final)}; the best model found is in {best}, "
+                              f"and {out} was not written.")
+        with stage("bundle write"):
+            return write_quantized(q, out, seed, data, device, decisions)
 
 
 def _fmt_metric(m: dict) -> str:
-    return (f"a top-1 drop of {m['top1_drop_pp']} pp" if "top1_drop_pp" in m else f"an output cosine of {m['cosine']}")
+    if "drop" in m:
+        name = next(k for k in m if k not in ("cosine", "drop"))
+        return f"a {name} drop of {m['drop']}"
+    return f"an output cosine of {m['cosine']}"
 
 
 def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: int, device: str = "cpu",
@@ -102,9 +106,9 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
     start = time.perf_counter()
     recipe = resolve_reduce_range(recipe, int8_dot_saturates())  # recorded resolved in the manifest
     torch.manual_seed(seed)
-    loaded, reparam = reparameterize(loaded, data.x[:8])
+    loaded, reparam = reparameterize(loaded, data.samples.take(slice(0, 8)))
     with ui.status(f"capturing {loaded.spec} with torch.export"):
-        exported = capture(loaded)
+        exported = capture(loaded, data.samples)
     program = serialize_program(exported)  # before anything touches the graph
     dynamic = has_dynamic_batch(exported)
     batch_size = recipe.calibration.batch_size if dynamic else loaded.input_spec.shape[0]
@@ -112,8 +116,10 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
     folded = fold_batchnorm(gm)
     block_map = build_block_map(gm)
 
-    samples = data.x[:FIDELITY_SAMPLES]
+    samples = data.samples.take(slice(0, FIDELITY_SAMPLES))
     float_out = run_graph(gm, samples, batch_size)
+    with torch.no_grad():
+        names = output_names(gm(*[torch.from_numpy(a) for a in samples.uniform().take(slice(0, 1)).inputs]))
     plan, kept_float = plan_layers(block_map, recipe)
     records = insert_quantizers(gm, plan, seed)
     recon = recipe.reconstruction
@@ -122,12 +128,12 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
     stats, hooks = outliers.attach(gm) if recipe.fallback.outliers else ({}, [])
     with torch.no_grad():
         for batch in ui.track(list(data.batches(batch_size)), "calibrating"):
-            gm(torch.from_numpy(batch))
+            gm(*[torch.from_numpy(a) for a in batch])
     for hook in hooks:
         hook.remove()
     freeze_activations(gm)
     finalize_weights(gm, records)
-    fidelity = compare(float_out, run_graph(gm, samples, batch_size))
+    fidelity = compare_outputs(float_out, run_graph(gm, samples, batch_size))
     recon_report = None
     if recon is not None:
         from ..reconstruct.engine import reconstruct
@@ -135,12 +141,13 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
         if not dynamic:  # a static program only runs at its captured batch size
             recon = dataclasses.replace(recon, batch_size=batch_size)
         ui.log(f"reconstructing {len(records)} layers block by block ({recon.iterations} iterations each)")
-        recon_report = reconstruct(gm, records, block_map, data.x, recon, seed, device, state)
+        recon_report = reconstruct(gm, records, block_map, data.samples.uniform().inputs, recon, seed, device,
+                                   state)
         recon_report["fidelity_observers_vs_float"] = fidelity_observers
-        fidelity = compare(float_out, run_graph(gm, samples, batch_size))
+        fidelity = compare_outputs(float_out, run_graph(gm, samples, batch_size))
     return Quantized(loaded, recipe, program, exported, dynamic, batch_size, gm, block_map, records, kept_float,
                      folded, samples, float_out, fidelity, recon_report,
-                     outliers.detect(stats, recipe.fallback.outlier_ratio), time.perf_counter() - start, reparam)
+                     outliers.detect(stats, recipe.fallback.outlier_ratio), time.perf_counter() - start, reparam, names)
 
 
 def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: str, decisions) -> dict:
@@ -168,6 +175,8 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
     manifest = {
         "model": q.loaded.describe(),
         "input": q.loaded.input_spec.to_dict(),
+        "inputs": [s.to_dict() for s in q.loaded.input_specs],
+        "outputs": q.output_names,
         "dynamic_batch": q.dynamic,
         "recipe": q.recipe.to_dict(),
         "seed": seed,

@@ -25,6 +25,7 @@ from torch import fx
 from .. import ui
 from ..quant.fakequant import ActQuant, LayerQuant, dequantize_int, quantize_int, round_biases, spec_label
 from ..quant.observers import QParams
+from ..samples import flatten_outputs
 from ..quant.recipe import ReconSpec
 from ..trace.blocks import BlockMap
 from ..trace.graphutil import set_param
@@ -46,18 +47,22 @@ class Learners:
     acts: dict[str, LearnedStep]       # ActQuant module name -> LSQ step
 
 
-def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x: np.ndarray,
+def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x,
                 spec: ReconSpec, seed: int, device: str, state: ResumeState | None = None) -> dict:
-    """Learn every region in place; afterwards ``records`` and the ActQuant modules hold the result."""
+    """Learn every region in place; afterwards ``records`` and the ActQuant modules hold the result.
+
+    ``x``: the calibration inputs, one equal-length array per model input (or one array)."""
     start = time.perf_counter()
     regions = plan_regions(gm, block_map, set(records), spec.joint_bridges)
     learners = _attach(gm, records, spec)
     gm.to(device)
     for learner in [*learners.weights.values(), *learners.acts.values()]:
         learner.to(device)
-    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    placeholder = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
-    float_cache, quant_cache = {placeholder: inputs}, {placeholder: inputs}
+    arrays = (x,) if isinstance(x, np.ndarray) else tuple(x)
+    inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    float_cache = dict(zip(placeholders, inputs))
+    quant_cache = dict(float_cache)
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
     reports = []
     for i, region in enumerate(regions):
@@ -297,7 +302,7 @@ def _store(gm: fx.GraphModule, records: dict[str, LayerQuant], learners: Learner
     round_biases(gm, records)
 
 
-def _output_gradients(gm: fx.GraphModule, learners: Learners, regions: list[Region], x: torch.Tensor,
+def _output_gradients(gm: fx.GraphModule, learners: Learners, regions: list[Region], x: list[torch.Tensor],
                       spec: ReconSpec, device: str) -> dict[str, torch.Tensor]:
     """Fisher weights for every region output, on the float model: (|g| + 1)², as in BRECQ's code.
 
@@ -308,10 +313,11 @@ def _output_gradients(gm: fx.GraphModule, learners: Learners, regions: list[Regi
     wanted = {name for r in regions for name in r.outputs}
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
     learners.mode.value = "float"
-    for s in _batches(len(x), spec.batch_size):
+    for s in _batches(len(x[0]), spec.batch_size):
         values: dict[str, torch.Tensor] = {}
-        logits = _Recorder(gm, wanted, values).run(x[s].to(device).requires_grad_(True))
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        batch = [t[s].to(device).requires_grad_(True) if t.is_floating_point() else t[s].to(device) for t in x]
+        logits = flatten_outputs(_Recorder(gm, wanted, values).run(*batch))[0]
+        logits = logits.reshape(-1, logits.shape[-1])  # classes on the last axis ([B, C] or [B, T, C])
         loss = torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
         names = [n for n in wanted if n in values and values[n].requires_grad]
         for name, g in zip(names, torch.autograd.grad(loss, [values[n] for n in names], allow_unused=True)):

@@ -6,6 +6,7 @@ needs the user's Python code once a model is captured.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -21,51 +22,93 @@ PASS_THROUGH = (aten.flatten.using_ints, aten.view.default, aten.reshape.default
 SHAPE_ONLY = (aten.reshape_as.default, aten.view_as.default, aten.expand_as.default)
 
 
-def capture(loaded: LoadedModel) -> torch.export.ExportedProgram:
-    """torch.export the model with a dynamic batch axis (static if the model forbids it).
+def example_inputs(loaded: LoadedModel, batch: int, samples=None) -> tuple[torch.Tensor, ...]:
+    """Example inputs at ``batch``: the first calibration samples when given (token ids must be valid
+    ids, not noise), else random floats / zeros for integer inputs."""
+    if samples is not None:
+        from ..samples import as_samples
+        arrays = as_samples(samples).uniform().inputs
+        return tuple(torch.from_numpy(np.resize(a, (batch, *a.shape[1:])).astype(a.dtype)) for a in arrays)
+    out = []
+    for spec in loaded.input_specs:
+        shape = (batch, *spec.shape[1:])
+        out.append(torch.randn(shape) if spec.dtype.startswith("float") else torch.zeros(shape, dtype=torch.int64))
+    return tuple(out)
+
+
+def dynamic_shapes(loaded_or_specs) -> tuple[dict, ...]:
+    """torch.export dynamic shapes: the batch axis of every input, plus the declared width/time axis."""
+    specs = getattr(loaded_or_specs, "input_specs", loaded_or_specs)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = []
+    for i, spec in enumerate(specs):
+        dims = {0: batch}
+        if i == 0 and spec.dynamic:
+            axis, lo, hi = spec.dynamic
+            # AUTO lets torch.export derive the constraints a strided conv front end implies
+            # (e.g. width a multiple of 4); has_dynamic_axis then checks it stayed dynamic
+            dims[axis] = torch.export.Dim.AUTO(min=lo, max=hi)
+        shapes.append(dims)
+    return tuple(shapes)
+
+
+def capture(loaded: LoadedModel, samples=None) -> torch.export.ExportedProgram:
+    """torch.export the model with a dynamic batch axis (static if the model forbids it), and the
+    declared dynamic width/time axis, which must stay dynamic.
 
     A .pt2 program is used as it is. Callers run ``check_input_shape`` first, so that a wrong shape
     gets a clear sentence instead of an export trace.
     """
     if loaded.exported is not None:
         return loaded.exported
-    shape = loaded.input_spec.shape
     # batch 2 as the example: a batch of 1 would be specialised to a constant by torch.export
-    batched = (torch.randn((2, *shape[1:])),)
+    batched = example_inputs(loaded, 2, samples)
+    dynamic = loaded.input_spec.dynamic
     try:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        exported = torch.export.export(loaded.module, batched, dynamic_shapes=({0: batch},))
-        if has_dynamic_batch(exported):
+        exported = torch.export.export(loaded.module, batched, dynamic_shapes=dynamic_shapes(loaded))
+        if has_dynamic_batch(exported) and (not dynamic or has_dynamic_axis(exported, dynamic[0])):
             return exported
-    except Exception:  # noqa: BLE001 - retry with the static shape below
-        pass
+    except Exception as exc:  # noqa: BLE001 - retry with the static shape below
+        if dynamic:
+            raise TraceError(f"torch.export could not capture {loaded.spec} with axis {dynamic[0]} dynamic "
+                             f"({dynamic[1]}..{dynamic[2]}): {type(exc).__name__}: {_first_line(exc)}.") from None
+    if dynamic:
+        raise TraceError(f"{loaded.spec} fixes axis {dynamic[0]} of its input to {loaded.input_spec.shape[dynamic[0]]} "
+                         f"(its code uses the size as a constant), so it cannot run at {dynamic[1]}..{dynamic[2]}.")
     try:
-        return torch.export.export(loaded.module, (torch.randn(shape),))
+        return torch.export.export(loaded.module, example_inputs(loaded, loaded.input_spec.shape[0], samples))
     except Exception as exc:  # noqa: BLE001
         raise TraceError(f"torch.export could not capture {loaded.spec}: "
                          f"{type(exc).__name__}: {_first_line(exc)}.") from None
 
 
-def check_input_shape(loaded: LoadedModel) -> None:
+def check_input_shape(loaded: LoadedModel, samples=None) -> None:
     """Run the eager model once on the input shape; a failure means the shape is wrong."""
     if loaded.module is None:
         return
-    shape = loaded.input_spec.shape
+    shapes = ", ".join("x".join(map(str, s.shape)) for s in loaded.input_specs)
     try:
         with torch.no_grad():
-            loaded.module(torch.randn(shape))
+            loaded.module(*example_inputs(loaded, loaded.input_spec.shape[0], samples))
     except Exception as exc:  # noqa: BLE001 - any failure here means the shape is wrong
-        raise InputShapeError(f"{loaded.spec} does not accept inputs shaped {'x'.join(map(str, shape))}: "
+        raise InputShapeError(f"{loaded.spec} does not accept inputs shaped {shapes}: "
                               f"{type(exc).__name__}: {_first_line(exc)}.") from None
 
 
+def _user_inputs(exported: torch.export.ExportedProgram) -> list:
+    names = {s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"}
+    return [n for n in exported.graph.nodes if n.op == "placeholder" and n.name in names
+            and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
 def has_dynamic_batch(exported: torch.export.ExportedProgram) -> bool:
-    for node in exported.graph.nodes:
-        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
-            if node.name in {s.arg.name for s in exported.graph_signature.input_specs
-                             if s.kind.name == "USER_INPUT"}:
-                return not isinstance(node.meta["val"].shape[0], int)
-    return False
+    inputs = _user_inputs(exported)
+    return bool(inputs) and not isinstance(inputs[0].meta["val"].shape[0], int)
+
+
+def has_dynamic_axis(exported: torch.export.ExportedProgram, axis: int) -> bool:
+    inputs = _user_inputs(exported)
+    return bool(inputs) and not isinstance(inputs[0].meta["val"].shape[axis], int)
 
 
 def _first_line(exc: Exception) -> str:

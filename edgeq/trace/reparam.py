@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import torch
 
 from .. import ui
@@ -25,8 +24,10 @@ def reparameterizable(module: torch.nn.Module) -> list[str]:
             if name and type(m).__module__.startswith("timm.") and any(hasattr(m, h) for h in HOOKS)]
 
 
-def reparameterize(loaded: LoadedModel, x: np.ndarray) -> tuple[LoadedModel, dict]:
-    """The loaded model in its deploy form (when it has one) and the record for the manifest."""
+def reparameterize(loaded: LoadedModel, x) -> tuple[LoadedModel, dict]:
+    """The loaded model in its deploy form (when it has one) and the record for the manifest.
+
+    ``x``: a few real inputs (an array, or a tuple with one array per model input)."""
     if loaded.module is None:
         return loaded, {"applied": False, "reason": "a torch.export program is used as given"}
     names = reparameterizable(loaded.module)
@@ -34,10 +35,12 @@ def reparameterize(loaded: LoadedModel, x: np.ndarray) -> tuple[LoadedModel, dic
         return loaded, {"applied": False, "reason": "no timm module with a deploy form"}
     from timm.utils.model import reparameterize_model
     fused = reparameterize_model(loaded.module.eval())
+    from ..samples import as_samples, flatten_outputs
+    inputs = [torch.from_numpy(a) for a in as_samples(x).uniform().inputs]
     with torch.no_grad():
-        inputs = torch.from_numpy(x)
-        diff = float((loaded.module(inputs) - fused(inputs)).abs().max())
-    record = {"modules": len(names), "max_abs_diff": diff, "tolerance": TOLERANCE, "samples": len(x)}
+        pairs = zip(flatten_outputs(loaded.module(*inputs)), flatten_outputs(fused(*inputs)))
+        diff = max(float((a - b).abs().max()) for a, b in pairs)
+    record = {"modules": len(names), "max_abs_diff": diff, "tolerance": TOLERANCE, "samples": len(inputs[0])}
     if not diff <= TOLERANCE:   # also catches NaN
         ui.log(f"warning: the reparameterized model differs from the trained one by {diff:.2e} (> {TOLERANCE}); "
                f"quantizing the training-time form instead")
