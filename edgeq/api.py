@@ -38,7 +38,6 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     model found to ``best_effort_path(out)``. ``placement_from`` (a bundle or placement JSON) applies a
     placement searched earlier, e.g. on the same architecture at its deployment resolution.
     """
-    from .data import load_data
     from .fallback.run import FallbackRun, best_effort_path, read_placement
     from .models.intake import load_model, parse_dynamic, parse_input_shape
     from .profile.targets import get_target

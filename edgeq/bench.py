@@ -193,8 +193,9 @@ def _latency(keys, artifacts, runs: int, batch: int) -> dict:
 def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
     variant, runtime = key
     ort_fp32 = ("fp32", "ort")
+    acc = accuracy.get(key) or {}
     row = {"suite": suite, "model": name, "variant": variant, "runtime": runtime,
-           **_accuracy_fields(accuracy.get(key)), "reconstruction_iterations": art.get("iterations")}
+           **_accuracy_fields(acc), "reconstruction_iterations": art.get("iterations")}
     for batch, measured in latency.items():
         suffix = "" if batch == 1 else f"_b{batch}"
         row[f"latency_ms_p50{suffix}"] = measured[key].p50_ms

@@ -18,9 +18,7 @@ get outputs as the model returns them: the single entry for a one-output model, 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -312,19 +310,8 @@ def get_metric(spec: str, charset: str | Path | None = None, blank: int = 0) -> 
 
 
 def _load_file(target: str):
-    path = Path(target)
-    if not path.is_file():
-        raise MetricError(f"metric file {path} does not exist.")
-    name = f"edgeq_metric_{path.stem}"
-    mod_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - user code
-        sys.modules.pop(name, None)
-        raise MetricError(f"importing metric file {path} failed: {type(exc).__name__}: {exc}.") from None
-    return module
+    from .usercode import import_file
+    return import_file(Path(target), "edgeq_metric", MetricError, "metric file")
 
 
 def _load_module(target: str):

@@ -231,3 +231,18 @@ class TokenClassifier(nn.Module):
 def build_token_classifier() -> TokenClassifier:
     torch.manual_seed(0)
     return TokenClassifier()
+
+
+def build_converted_recognizer():
+    """The trained recogniser exported to ONNX at width 64 and converted back with onnx2torch: a flat
+    graph of ONNX-op modules, as users' converted models are."""
+    import io
+    from pathlib import Path
+
+    import onnx
+    from onnx2torch import convert
+    model = TextRecognizer()
+    model.load_state_dict(torch.load(Path(__file__).parent / "data" / "recognizer.pt", weights_only=True))
+    buffer = io.BytesIO()
+    torch.onnx.export(model.eval(), (torch.zeros(1, 1, HEIGHT, 64),), buffer, dynamo=False, opset_version=17)
+    return convert(onnx.load_from_string(buffer.getvalue())).eval()

@@ -177,6 +177,22 @@ def test_sequence_and_token_inputs_skip_image_preprocessing(tmp_path):
     assert api.evaluate(tmp_path / "t.onnx", str(ids))["samples"] == 24
 
 
+def test_a_graph_converted_from_onnx_quantizes_exports_and_keeps_cer(tmp_path):
+    """The OCR user's path: onnx2torch-converted model, transcripts in the archive, the default recipe."""
+    seq_models.write_lines(tmp_path / "lines.npz", 48, seed=3, lengths=(5, 5))   # 5 characters: width 64
+    arrays = dict(np.load(tmp_path / "lines.npz"))
+    np.savez(tmp_path / "lines64.npz", x=arrays["x"], labels=arrays["labels"])
+    (tmp_path / "charset.txt").write_text("\n".join(seq_models.CHARSET) + "\n")
+    model = f"{TESTS / 'seq_models.py'}:build_converted_recognizer"
+    result = api.quantize(model, f"{tmp_path / 'lines64.npz'}:x", "w8a8", tmp_path / "c.edgeq",
+                          input_shape=(1, 1, seq_models.HEIGHT, 64), iters=5, batch_size=1, latency_search=False)
+    assert result["quantized_layers"] == 7 and result["reconstruction"]["regions"]   # MatMul+Add became linear
+    api.export(tmp_path / "c.edgeq", "onnx", tmp_path / "c.onnx")
+    cer = api.evaluate(tmp_path / "c.onnx", str(tmp_path / "lines64.npz"),
+                       metric=api.MetricChoice("ctc-cer", str(tmp_path / "charset.txt")))["metric"]
+    assert cer["fp32"] < 5.0 and cer["drop"] <= 1.0, cer
+
+
 def test_inspect_shows_a_conformer_block_map():
     result = api.inspect(f"{TESTS / 'seq_models.py'}:build_conformer")
     blocks = {b["name"]: b["kind"] for b in result["blocks"]}

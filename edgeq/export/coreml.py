@@ -33,7 +33,7 @@ from ..fsutil import atomic_path, check_output
 from ..metrics import compare
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
 from ..quant.pipeline import run_graph
-from .onnx import _batch, bit_widths, float_layers, placement_note, sidecar_path
+from .onnx import bit_widths, float_layers, placement_note, sidecar_path
 
 FLAVOURS = ("w8a8", "w8", "fp16")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")

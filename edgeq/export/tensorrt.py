@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .. import __version__, ui
 from ..bundle import require_plain_input, quantized_graph, read_bundle

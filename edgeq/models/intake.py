@@ -6,12 +6,10 @@ Specs: ``zoo:NAME``, ``timm:NAME`` (+ ``--weights``), ``path/to/file.py:factory`
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import re
-import sys
-import zipfile
 import dataclasses
+import importlib
+import re
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -361,18 +359,8 @@ def _forward_names(model: torch.nn.Module, count: int) -> list[str]:
 
 def _import_target(target: str, spec: str):
     if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ModelSpecError(f"model file {path} does not exist.")
-        name = f"edgeq_user_{path.stem}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[name] = module
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - user code
-            raise ModelSpecError(f"importing {path} failed: {type(exc).__name__}: {exc}.") from None
-        return module
+        from ..usercode import import_file
+        return import_file(Path(target), "edgeq_user", ModelSpecError, "model file")
     try:
         return importlib.import_module(target)
     except ImportError as exc:

@@ -61,6 +61,10 @@ def capture(loaded: LoadedModel, samples=None) -> torch.export.ExportedProgram:
     """
     if loaded.exported is not None:
         return loaded.exported
+    from .converted import fold_reshape_shapes
+    if fold_reshape_shapes(loaded.module, example_inputs(loaded, loaded.input_spec.shape[0], samples)):
+        from .. import ui
+        ui.log("a graph converted from ONNX: its shape operands were fixed at the input shape for torch.export")
     # batch 2 as the example: a batch of 1 would be specialised to a constant by torch.export
     batched = example_inputs(loaded, 2, samples)
     dynamic = loaded.input_spec.dynamic
