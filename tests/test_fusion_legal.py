@@ -171,14 +171,16 @@ def test_placement_failure_keeps_the_learned_model_and_resume_skips_reconstructi
     assert recon == learned.manifest["reconstruction"]["regions"]
 
 
-def test_an_edgeq_error_passes_through_unchanged_after_the_learned_model_is_kept(tmp_path):
+def test_an_edgeq_error_keeps_its_sentence_and_says_where_the_learned_model_is(tmp_path):
     out, written = tmp_path / "m.edgeq", []
     with pytest.raises(ArtifactError) as err:
         with keep_learned(out, lambda path, report: written.append((path, report)), 3):
             with stage("latency placement"):
                 raise ArtifactError("node n1 (Conv) would run as ONNX Runtime's QLinearConv, which takes one scale.")
-    assert str(err.value) == "node n1 (Conv) would run as ONNX Runtime's QLinearConv, which takes one scale."
-    assert written == [(learned_path(out), {"failed_stage": "latency placement", "error": str(err.value)[:-1]})]
+    sentence = "node n1 (Conv) would run as ONNX Runtime's QLinearConv, which takes one scale"
+    assert str(err.value) == (f"{sentence}; the learned model is in {learned_path(out)}, and rerunning with "
+                              f"--resume --no-latency-search skips the 3 learned blocks.")
+    assert written == [(learned_path(out), {"failed_stage": "latency placement", "error": sentence})]
     with pytest.raises(StageError, match=r"^the bundle write stage failed: OSError: disk full; the learned model "
                                          r"could not be written either \(OSError: disk full\), and rerunning"):
         with keep_learned(out, _disk_full, 3):

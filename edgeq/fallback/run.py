@@ -71,8 +71,8 @@ def keep_learned(out: Path, write_learned, learned_blocks: int | None):
     """Around the fallback stages and the bundle write, after quantization (and reconstruction) succeeded:
     a failure writes the learned model to ``learned_path(out)`` first, so the learned work is never lost
     (``out`` stays unwritten, the resume state stays where it is), and ends in one StageError sentence naming
-    the stage. An EdgeqError is already a sentence raised on purpose: it passes unchanged (where the learned
-    model went is logged), and a BudgetError, a result rather than a failure, writes nothing more.
+    the stage. An EdgeqError is already a sentence raised on purpose: it keeps its class and sentence, which
+    gains where the learned model went; a BudgetError, a result rather than a failure, writes nothing more.
 
     ``write_learned(path, report)`` writes the bundle without fallback decisions; ``learned_blocks``:
     how many reconstructed blocks a ``--resume`` rerun loads instead of learning (None: none saved).
@@ -94,9 +94,8 @@ def keep_learned(out: Path, write_learned, learned_blocks: int | None):
         if learned_blocks:
             skip = f" {SKIP_STAGE[failure.stage]}" if failure.stage in SKIP_STAGE else ""
             resume = f", and rerunning with --resume{skip} skips the {learned_blocks} learned blocks"
-        if isinstance(failure.cause, EdgeqError):
-            ui.log(f"{kept[0].upper()}{kept[1:]}{resume}.")
-            raise failure.cause from None
+        if isinstance(failure.cause, EdgeqError):   # the same sentence, and where the learned model went
+            raise type(failure.cause)(f"{str(failure.cause).rstrip('.')}; {kept}{resume}.") from None
         raise StageError(f"the {failure.stage} stage failed: {what}; {kept}{resume}.") from failure.cause
 
 

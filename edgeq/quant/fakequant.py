@@ -295,8 +295,9 @@ def add_act_candidates(gm: fx.GraphModule, records: dict[str, LayerQuant], choos
 # Q/DQ across data-movement ops (QDQ propagation: MaxPool, Reshape, Transpose, Squeeze, Unsqueeze), so a
 # quantizer separated from a quantized conv/linear only by such ops still lands on that fused kernel.
 # A per-channel quantizer is therefore offered only when
-#   - its tensor is not produced by a quantized conv/linear, directly or through these ops (it would be
-#     the fused kernel's output zero-point), and
+#   - its tensor is not produced by a quantized conv/linear, directly or through these ops, as that
+#     layer's only consumer (it would be the fused kernel's output zero-point; ONNX Runtime fuses a Q only
+#     when it is the layer's sole consumer, so a residual branch reading the output keeps them apart), and
 #   - no consumer's output reaches another quantizer through these ops (the consumer would be fused with
 #     a per-channel input zero-point).
 # Conservative on purpose: an op listed here that a given release does not fuse only costs a candidate.
@@ -314,7 +315,8 @@ def per_channel_legal(gm: fx.GraphModule, act_module: str) -> bool:
     """Whether a per-channel form of ``act_module`` survives ONNX Runtime's QDQ fusion (see the rule above)."""
     node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == act_module)
     producer = _skip_back(node.args[0])
-    if producer.target in QUANTIZED_LAYER_OPS and _is_act_quant(gm, producer.args[0]):
+    if producer.target in QUANTIZED_LAYER_OPS and _is_act_quant(gm, producer.args[0]) \
+            and _only_path(producer, node):
         return False
     return not any(_reaches_quantizer(gm, layer) for layer in node.users)
 
@@ -329,6 +331,18 @@ def _skip_back(node: fx.Node) -> fx.Node:
     while _passes_through(node) and isinstance(node.args[0], fx.Node):
         node = node.args[0]
     return node
+
+
+def _only_path(producer: fx.Node, quantizer: fx.Node) -> bool:
+    """Whether the producer's output reaches nothing but ``quantizer`` (ONNX Runtime fuses a layer with its
+    Q only when the Q is the layer's sole consumer; a residual branch reading the output prevents it)."""
+    node = quantizer.args[0]
+    while True:
+        if len(node.users) != 1:
+            return False
+        if node is producer:
+            return True
+        node = node.args[0]
 
 
 def _reaches_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
