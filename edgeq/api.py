@@ -319,7 +319,7 @@ def inspect(model: str, *, weights: str | None = None, num_classes: int | None =
         samples = load_data(calib, loaded.input_specs, limit=8).samples
         loaded = loaded.with_input_dtypes([str(a.dtype) for a in samples.inputs])
     check_input_shape(loaded, samples)
-    probe = samples or tuple(t.numpy() for t in example_inputs(loaded, 2))
+    probe = samples if samples is not None else tuple(t.numpy() for t in example_inputs(loaded, 2))
     loaded, reparam = reparameterize(loaded, probe)
     exported = capture(loaded, samples)
     gm = to_graph_module(exported)

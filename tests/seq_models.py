@@ -246,3 +246,21 @@ def build_converted_recognizer():
     buffer = io.BytesIO()
     torch.onnx.export(model.eval(), (torch.zeros(1, 1, HEIGHT, 64),), buffer, dynamo=False, opset_version=17)
     return convert(onnx.load_from_string(buffer.getvalue())).eval()
+
+
+class FixedBatch(nn.Module):
+    """A graph that bakes batch 1 into a reshape, as ONNX exports converted back to torch do."""
+
+    edgeq_input_shape = (1, 3, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).reshape(1, 8, 64)).mean(1)
+
+
+def build_fixed_batch() -> FixedBatch:
+    torch.manual_seed(0)
+    return FixedBatch()

@@ -193,6 +193,15 @@ def test_a_graph_converted_from_onnx_quantizes_exports_and_keeps_cer(tmp_path):
     assert cer["fp32"] < 5.0 and cer["drop"] <= 1.0, cer
 
 
+def test_a_fixed_batch_program_reconstructs_in_batches_of_its_size(tmp_path):
+    """Reconstruction's evaluation subsets used to run all at once, which a fixed-batch program refuses."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32))
+    result = api.quantize(f"{TESTS / 'seq_models.py'}:build_fixed_batch", str(tmp_path / "x.npy"), "w8a8",
+                          tmp_path / "f.edgeq", iters=3, latency_search=False)
+    manifest = json.loads((tmp_path / "f.edgeq" / "manifest.json").read_text())
+    assert manifest["dynamic_batch"] is False and result["reconstruction"]["regions"] == 2
+
+
 def test_inspect_shows_a_conformer_block_map():
     result = api.inspect(f"{TESTS / 'seq_models.py'}:build_conformer")
     blocks = {b["name"]: b["kind"] for b in result["blocks"]}

@@ -142,7 +142,7 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
             recon = dataclasses.replace(recon, batch_size=batch_size)
         ui.log(f"reconstructing {len(records)} layers block by block ({recon.iterations} iterations each)")
         recon_report = reconstruct(gm, records, block_map, data.samples.uniform().inputs, recon, seed, device,
-                                   state)
+                                   state, static_batch=None if dynamic else batch_size)
         recon_report["fidelity_observers_vs_float"] = fidelity_observers
         fidelity = compare_outputs(float_out, run_graph(gm, samples, batch_size))
     return Quantized(loaded, recipe, program, exported, dynamic, batch_size, gm, block_map, records, kept_float,

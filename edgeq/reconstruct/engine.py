@@ -45,16 +45,20 @@ class Learners:
     mode: Mode
     weights: dict[str, AdaRound]       # layer -> AdaRound
     acts: dict[str, LearnedStep]       # ActQuant module name -> LSQ step
+    eval_batch: int | None = None      # a program captured at a fixed batch size runs only at that size
 
 
 def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x,
-                spec: ReconSpec, seed: int, device: str, state: ResumeState | None = None) -> dict:
+                spec: ReconSpec, seed: int, device: str, state: ResumeState | None = None,
+                static_batch: int | None = None) -> dict:
     """Learn every region in place; afterwards ``records`` and the ActQuant modules hold the result.
 
-    ``x``: the calibration inputs, one equal-length array per model input (or one array)."""
+    ``x``: the calibration inputs, one equal-length array per model input (or one array); ``static_batch``:
+    the batch size a fixed-batch program takes (its evaluation subsets then run in batches of it)."""
     start = time.perf_counter()
     regions = plan_regions(gm, block_map, set(records), spec.joint_bridges)
     learners = _attach(gm, records, spec)
+    learners.eval_batch = static_batch
     gm.to(device)
     for learner in [*learners.weights.values(), *learners.acts.values()]:
         learner.to(device)
@@ -143,10 +147,17 @@ def _loss(outs, targets, weights) -> torch.Tensor:
 
 def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, device) -> float:
     learners.mode.value = "hard"
+    n = len(inputs[0])
+    parts = []
     with torch.no_grad():
-        outs = region.module(*[t.to(device) for t in inputs])
-        return float(_loss(outs, [t.to(device) for t in targets],
-                           [w.to(device) if w is not None else None for w in weights]))
+        for s in _batches(n, learners.eval_batch or n):
+            outs = region.module(*[t[s].to(device) for t in inputs])
+            loss = _loss(outs, [t[s].to(device) for t in targets],
+                         [w[s].to(device) if w is not None else None for w in weights])
+            parts.append((float(loss), s.stop - s.start))
+    if len(parts) == 1:
+        return parts[0][0]
+    return sum(loss * count for loss, count in parts) / n
 
 
 def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant_cache, targets, grads,
