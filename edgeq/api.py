@@ -20,7 +20,8 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
              eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None,
              placement_from: str | None = None, dynamic: str | tuple | None = None,
-             metric: "MetricChoice | None" = None, labels: str | None = None) -> dict:
+             metric: "MetricChoice | None" = None, labels: str | None = None,
+             time_budget: float | None = None) -> dict:
     """Quantize ``model`` with ``recipe`` on ``calib`` data and write a bundle to ``out``.
 
     ``input_shape`` takes one shape per model input ('1x3x48x320,1x40'); ``dynamic`` ('3:32..1280')
@@ -28,7 +29,9 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
 
     Recipes with block reconstruction take ``iters``, ``batch_size``, ``weight_lr``, ``act_lr`` and
     ``drop_prob`` overrides, run on ``device`` and save their state after every block, so that a killed
-    run continues with ``resume=True`` and ends with the same result.
+    run continues with ``resume=True`` and ends with the same result. ``time_budget`` (seconds of learning)
+    learns only the regions whose observer-only error is worth it, most harmful first, and stops a region
+    whose loss plateaus.
 
     Fallback: ``max_drop`` (the drop of ``metric`` on ``eval_data``, in its units: top-1 pp by default for
     class labels, ``labels`` naming where they are when not in ``eval_data``) or ``min_cosine`` (output cosine vs
@@ -44,7 +47,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     from .quant.pipeline import quantize_model
 
     out = check_output(out, force, is_dir=True)
-    rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob)
+    rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob, time_budget)
     device = check_device(device)
     budget = _check_budget(max_drop, min_cosine, eval_data, eval_size, metric, labels)
     get_target(target)
@@ -173,7 +176,8 @@ def _budget_metric(budget, eval_set):
     return dataclasses.replace(budget, metric=metric)
 
 
-def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob):
+def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob,
+                           time_budget=None):
     import dataclasses
 
     from .errors import RecipeError
@@ -187,15 +191,33 @@ def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr
             calib_size or rec.calibration.samples, batch_size or rec.calibration.batch_size))
     knobs = {"iterations": iters, "weight_lr": weight_lr, "act_lr": act_lr, "drop_prob": drop_prob}
     knobs = {k: v for k, v in knobs.items() if v is not None}
+    if time_budget is not None:
+        knobs.update(_where_it_pays(rec, time_budget))
     if knobs and rec.reconstruction is None:
         raise RecipeError(f"recipe {rec.name} does not use block reconstruction, so --iters, --weight-lr, "
-                          f"--act-lr and --drop-prob do not apply; use w8a8, w6a6 or w4a8.")
+                          f"--act-lr, --drop-prob and --time-budget do not apply; use w8a8, w6a6 or w4a8.")
     if rec.reconstruction is not None:
         if batch_size is not None:
             knobs["batch_size"] = batch_size
         recon = dataclasses.replace(rec.reconstruction, **knobs).validate("command line")
         rec = dataclasses.replace(rec, reconstruction=recon)
     return rec
+
+
+# what --time-budget turns on when the recipe leaves it off: learn only regions whose observer-only output
+# error exceeds this NMSE (SQNR < 30 dB), and stop a region after this many steps without a 1 % gain
+WHERE_IT_PAYS = {"learn_above": 1e-3, "patience": 50}
+
+
+def _where_it_pays(rec, time_budget: float) -> dict:
+    """--time-budget: reconstruction where it pays, most harmful regions first, within the budget."""
+    if not time_budget >= 0:
+        raise CalibrationError(f"--time-budget is in seconds and cannot be negative (got {time_budget}).")
+    recon = rec.reconstruction
+    knobs = {"time_budget": float(time_budget)}
+    if recon is not None:
+        knobs.update({k: v for k, v in WHERE_IT_PAYS.items() if not getattr(recon, k)})
+    return knobs
 
 
 def check_device(device: str) -> str:

@@ -88,6 +88,9 @@ def main():
               help="w8a8, w6a6, w4a8 (block reconstruction), w8a8-fast, w8a8-minmax (observers only), "
                    "or a .yaml/.json file.")
 @click.option("--iters", type=int, help="Reconstruction iterations per block (default: the recipe's).")
+@click.option("--time-budget", type=float, help="Seconds of block learning: only blocks whose observer-only "
+                                               "output error is worth it, most harmful first; a block stops when "
+                                               "its loss plateaus (default: the recipe's, which learns every block).")
 @click.option("--weight-lr", type=float, help="AdaRound learning rate (default: the recipe's).")
 @click.option("--act-lr", type=float, help="Activation step-size learning rate (default: the recipe's).")
 @click.option("--drop-prob", type=float, help="QDrop probability (default: the recipe's, 0.5).")
@@ -111,9 +114,9 @@ def main():
 @click.option("--force", is_flag=True, help="Replace an existing output (and discard a saved interrupted run).")
 @command
 def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, calib, calib_size,
-             batch_size, recipe, iters, weight_lr, act_lr, drop_prob, device, resume, max_drop, min_cosine,
-             eval_data, eval_size, target, no_latency_search, placement_from, metric, charset, blank, labels,
-             out, seed, force, as_json):
+             batch_size, recipe, iters, time_budget, weight_lr, act_lr, drop_prob, device, resume, max_drop,
+             min_cosine, eval_data, eval_size, target, no_latency_search, placement_from, metric, charset, blank,
+             labels, out, seed, force, as_json):
     """Quantize a model into a self-describing .edgeq bundle."""
     from . import api
     result = api.quantize(model, calib, recipe, out, weights=weights, num_classes=num_classes,
@@ -123,7 +126,8 @@ def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_
                           resume=resume, force=force, max_drop=max_drop, min_cosine=min_cosine,
                           eval_data=eval_data, eval_size=eval_size, target=target,
                           latency_search=False if no_latency_search else None, placement_from=placement_from,
-                          dynamic=dynamic, metric=_metric_choice(metric, charset, blank), labels=labels)
+                          dynamic=dynamic, metric=_metric_choice(metric, charset, blank), labels=labels,
+                          time_budget=time_budget)
     _emit(result, as_json, _print_quantize)
 
 

@@ -203,3 +203,11 @@ def test_interrupted_run_needs_resume_or_force(workdir):
     assert_clean_error(*quantize(workdir, "--resume"), "unreadable")
     assert (workdir / "out.edgeq.resume" / "state.pt").read_bytes() == b"not a state"
     assert not (workdir / "out.edgeq").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (("--time-budget", "-1"), "--time-budget is in seconds and cannot be negative"),
+    (("--time-budget", "10", "--recipe", "w8a8-fast"), "--time-budget do not apply"),
+])
+def test_bad_time_budget(workdir, extra, fragment):
+    assert_clean_error(*quantize(workdir, *extra), fragment, workdir)

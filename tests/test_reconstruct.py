@@ -231,3 +231,26 @@ def test_depthwise_into_conv_exports_and_runs_in_onnxruntime(tmp_path):
     assert record["fidelity_vs_torch"]["cosine"] > 0.999
     outputs = ort_cpu.run(ort_cpu.session(tmp_path / "d.onnx"), np.load(data))[0]
     assert np.isfinite(outputs).all()
+
+
+def test_time_budget_learns_only_where_it_pays(tmp_path, calib_npy):
+    """--time-budget: regions whose observer-only error is small keep the observers; the most harmful ones
+    are learned first and stop when their loss plateaus; nothing fits a budget smaller than any region."""
+    out = tmp_path / "b.edgeq"
+    api.quantize(TINY, str(calib_npy), "w4a8", out, time_budget=30.0, latency_search=False)
+    recon = json.loads((out / "manifest.json").read_text())["reconstruction"]
+    regions, triage = recon["regions"], recon["triage"]
+    assert triage["learn_above_nmse"] == 1e-3 and len(triage["nmse"]) == len(regions)
+    for region in regions:
+        if region["nmse_observers"] <= 1e-3:
+            assert region["status"] == "observers" and "would not pay" in region["reason"], region
+    harmful = [r for r in regions if r["nmse_observers"] > 1e-3]
+    assert harmful and all(r["status"] in ("learned", "observers") for r in harmful)
+    learned = [r for r in regions if r["status"] == "learned"]
+    assert max(harmful, key=lambda r: r["nmse_observers"]) in learned + [r for r in harmful if "did not lower" in
+                                                                         r.get("reason", "")]
+    assert any(r["iterations"] < 300 and r["stopped"] == "plateau" for r in learned), learned
+    api.quantize(TINY, str(calib_npy), "w4a8", tmp_path / "none.edgeq", time_budget=1e-4, latency_search=False)
+    regions = json.loads((tmp_path / "none.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]
+    assert all(r["status"] == "observers" for r in regions)
+    assert any("did not fit the 0 s time budget" in r["reason"] for r in regions), regions

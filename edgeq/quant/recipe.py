@@ -107,13 +107,19 @@ class ReconSpec:
     choose_granularity: bool = True  # per-tensor vs per-channel activations for depthwise/grouped convs
     choose_scheme: bool = True      # symmetric vs asymmetric activations, by block output error
     joint_bridges: bool = True      # a bridge block is learned together with the block before it
+    # reconstruction where it pays (issue 12; opt-in until the bench has shown the zoo holds with it on):
+    time_budget: float = 0.0        # seconds of learning per model, most harmful regions first (0: no limit)
+    learn_above: float = 0.0        # learn a region only when its observer-only output NMSE exceeds this
+    patience: int = 0               # stop a region when this many steps lowered its loss by < 1 % (0: never)
 
     def validate(self, where: str) -> "ReconSpec":
         for key in ("iterations", "batch_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise RecipeError(f"{where}: {key} must be a positive integer, got {value!r}.")
-        for key in ("weight_lr", "act_lr", "round_weight", "beta_start", "beta_end"):
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 0:
+            raise RecipeError(f"{where}: patience must be a non-negative integer, got {self.patience!r}.")
+        for key in ("weight_lr", "act_lr", "round_weight", "beta_start", "beta_end", "time_budget", "learn_above"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise RecipeError(f"{where}: {key} must be a non-negative number, got {value!r}.")

@@ -32,12 +32,17 @@ from ..trace.graphutil import set_param
 from .learners import AdaRound, LearnedStep, Mode
 from .regions import Region, plan_regions
 from .state import ResumeState
+from .triage import triage
 
 EVAL_SAMPLES = 128   # fixed subset for the before/after loss and the scheme choice
 
 
 class NonFiniteLoss(Exception):
     pass
+
+
+class _Skipped(Exception):
+    """The triage kept this region's observer solution (its report says why)."""
 
 
 @dataclasses.dataclass
@@ -68,6 +73,9 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     float_cache = dict(zip(placeholders, inputs))
     quant_cache = dict(float_cache)
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
+    plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in float_cache.items()}, learners.mode, spec, device,
+                  static_batch or spec.batch_size)
+    budget = _Budget(spec.time_budget, plan)
     reports = []
     for i, region in enumerate(regions):
         targets = _run(region, float_cache, learners.mode, "float", spec.batch_size, device)
@@ -75,8 +83,12 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             report = state.data["regions"][i]
             _load_region(region, learners, gm, state, device)
         else:
+            learn = budget.allows(i)
             report = _learn_region(i, region, learners, records, gm, quant_cache, targets,
-                                   [grads.get(o) for o in region.outputs], spec, seed, device)
+                                   [grads.get(o) for o in region.outputs], spec, seed, device,
+                                   None if learn else plan.reason_skipped(i), budget.deadline())
+            report["nmse_observers"] = float(f"{plan.nmse[i]:.4g}")
+            budget.spend(report.get("learn_seconds", 0.0))
             if state is not None:
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
                              {name: _act_state(learners.acts[name]) for name in region.act_quantizers})
@@ -89,17 +101,45 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
         ui.log(_summary_line(i, len(regions), report))
     _store(gm, records, learners)
     gm.to("cpu")
-    return {"spec": dataclasses.asdict(spec), "device": device, "regions": reports,
+    return {"spec": dataclasses.asdict(spec), "device": device, "regions": reports, "triage": plan.to_dict(),
+            "learned": [r["name"] for r in reports if r["status"] == "learned"],
             "fallbacks": [r["name"] for r in reports if r["status"] == "fallback"],
             "kept_observers": [r["name"] for r in reports if r["status"] == "observers"],
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+class _Budget:
+    """The learning time budget: the triage's picks, plus any region worth learning that still fits
+    once earlier regions stopped early; a region running past the budget stops where it is."""
+
+    def __init__(self, seconds: float, plan):
+        self.seconds, self.plan, self.spent = seconds, plan, 0.0
+
+    def allows(self, i: int) -> bool:
+        if i in self.plan.selected:
+            return True
+        if not self.plan.worth(i) or not self.seconds:
+            return False
+        promised = sum(self.plan.estimate[k] for k in self.plan.selected if k > i)
+        if self.spent + promised + self.plan.estimate[i] <= self.seconds:
+            self.plan.selected.add(i)
+            return True
+        return False
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
+
+    def deadline(self) -> float | None:
+        """Wall-clock time at which learning stops (the budget counts learning only)."""
+        return time.perf_counter() + max(0.0, self.seconds - self.spent) if self.seconds else None
+
+
 def _summary_line(i: int, total: int, report: dict) -> str:
     if report["status"] != "learned":
         return f"  [{i + 1}/{total}] {report['name']}: {report['status']} ({report.get('reason', '')})"
+    stopped = f", stopped: {report['stopped']}" if report.get("stopped") else ""
     return (f"  [{i + 1}/{total}] {report['name']}: loss {report['loss_observers']:.4g} -> "
-            f"{report['loss_learned']:.4g} ({report['seconds']} s)")
+            f"{report['loss_learned']:.4g} ({report['iterations']} steps{stopped}, {report['seconds']} s)")
 
 
 def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec) -> Learners:
@@ -161,7 +201,10 @@ def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, dev
 
 
 def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant_cache, targets, grads,
-                  spec: ReconSpec, seed: int, device: str) -> dict:
+                  spec: ReconSpec, seed: int, device: str, skip: str | None = None,
+                  deadline: float | None = None) -> dict:
+    """Scheme choice, then (unless ``skip`` gives the triage's reason) learning until the iterations, a
+    plateau or ``deadline``; the learned solution is kept only if it lowers the block loss."""
     start = time.perf_counter()
     n = len(quant_cache[region.inputs[0]])
     sub = slice(0, min(n, EVAL_SAMPLES))
@@ -172,16 +215,24 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
         report["loss_observers"] = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         report["choices"] = _choose_schemes(region, learners, gm, eval_in, eval_tgt, eval_w, device)
         chosen = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        if skip is not None:
+            report.update(status="observers", reason=skip, loss_chosen=chosen, iterations=0)
+            raise _Skipped
         initial = {name: (learners.acts[name].qparams(), learners.acts[name].label) for name in region.act_quantizers}
-        _train(i, region, learners, quant_cache, targets, grads, spec, seed, device)
+        learn_start = time.perf_counter()
+        steps, stopped = _train(i, region, learners, quant_cache, targets, grads, spec, seed, device, deadline)
+        report["learn_seconds"] = round(time.perf_counter() - learn_start, 2)
         after = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         if not math.isfinite(after):
             raise NonFiniteLoss("the learned block's loss is not finite")
-        report.update(status="learned", loss_chosen=chosen, loss_learned=after, iterations=spec.iterations)
+        report.update(status="learned", loss_chosen=chosen, loss_learned=after, iterations=steps,
+                      **({"stopped": stopped} if stopped else {}))
         if after > chosen:  # learning made it worse on the evaluation subset: keep the observer solution
             _revert(region, learners, gm, records, initial, device)
             report.update(status="observers", reason="learning did not lower the block loss; kept the "
                                                      "observer ranges and round-to-nearest weights")
+    except _Skipped:
+        pass
     except NonFiniteLoss as exc:
         _fall_back(region, learners, gm, records, device)
         report.update(status="fallback", reason=f"{exc}; kept observer-only quantization (round-to-nearest "
@@ -221,7 +272,9 @@ def _swap_step(module: ActQuant, step: LearnedStep) -> LearnedStep:
 
 
 def _train(i: int, region: Region, learners: Learners, quant_cache, targets, grads, spec: ReconSpec,
-           seed: int, device: str) -> None:
+           seed: int, device: str, deadline: float | None = None) -> tuple[int, str | None]:
+    """Adam on AdaRound variables and LSQ steps; returns the steps run and why it stopped early, if it did
+    (its loss plateaued: the last ``patience`` steps lowered it by < 1 %; or the time budget ran out)."""
     rounding = [learners.weights[name] for name in region.layers]
     steps = [learners.acts[name] for name in region.act_quantizers]
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
@@ -232,6 +285,8 @@ def _train(i: int, region: Region, learners: Learners, quant_cache, targets, gra
     sched_a = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=spec.iterations) if opt_a else None
     n = len(quant_cache[region.inputs[0]])
     warm = int(spec.warmup * spec.iterations)
+    history: list[float] = []
+    stopped = None
     with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
         for it in range(spec.iterations):
             idx = torch.randint(n, (min(spec.batch_size, n),), generator=sampler)
@@ -256,7 +311,23 @@ def _train(i: int, region: Region, learners: Learners, quant_cache, targets, gra
             if sched_a is not None:
                 sched_a.step()
             update(1, f"loss {float(rec.detach()):.4g}" if it % 10 == 0 else None)
+            history.append(float(rec.detach()))
+            stopped = _early_stop(history, spec.patience, deadline)
+            if stopped:
+                break
     learners.mode.generator = None
+    return len(history), stopped
+
+
+def _early_stop(history: list[float], patience: int, deadline: float | None) -> str | None:
+    if deadline is not None and time.perf_counter() > deadline:
+        return "time budget"
+    if patience and len(history) >= 2 * patience and len(history) % patience == 0:
+        recent = sum(history[-patience:]) / patience
+        before = sum(history[-2 * patience: -patience]) / patience
+        if recent > 0.99 * before:
+            return "plateau"
+    return None
 
 
 def _fall_back(region: Region, learners: Learners, gm, records, device: str) -> None:
