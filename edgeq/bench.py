@@ -206,7 +206,8 @@ def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
     row.update({"ptq_seconds": art["ptq_seconds"], "artifact_bytes": Path(art["path"]).stat().st_size,
                 "fallback_seconds": fallback.get("seconds"), "float_units": fallback.get("reverted_units"),
                 "units": fallback.get("units"), "placement": fallback.get("placement"),
-                "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples")})
+                "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples"),
+                "cpu": machine()["processor"], "isa": machine()["isa"]})
     return row
 
 
@@ -255,8 +256,11 @@ def _merge(path: Path, rows: list[dict]) -> dict:
 def to_markdown(report: dict) -> str:
     env = report["env"]["machine"]
     lines = ["# edgeq bench", "",
-             f"Machine: {env['processor']}, {env['cpu_count']} cores ({env['platform']}); "
-             f"generated {report['generated']}.", "", report["protocol"]["latency"] + ".", ""]
+             f"Machine: {env['processor']}, {env['cpu_count']} cores, ISA {', '.join(env.get('isa') or ['unknown'])} "
+             f"({env['platform']}); "
+             f"generated {report['generated']}.", "", report["protocol"]["latency"] + ".",
+             "Each row records the CPU and ISA flags it was measured on (`cpu`, `isa` in bench.json); rows without "
+             "them come from earlier runs on an AVX2-only AMD EPYC (no VNNI).", ""]
     for suite in ("zoo", "speed"):
         rows = [r for r in report["rows"] if r.get("suite") == suite]
         if not rows:

@@ -19,7 +19,18 @@ def package_versions(names=("edgeq", "torch", "timm", "onnx", "onnxruntime", "on
 def machine() -> dict:
     return {"platform": platform.platform(), "machine": platform.machine(),
             "processor": _cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "int8_dot_saturates": int8_dot_saturates()}
+            "isa": isa_flags(), "int8_dot_saturates": int8_dot_saturates()}
+
+
+# the CPU features int8 and bf16 speed depends on (x86 and Arm names as /proc/cpuinfo spells them)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+             "asimd", "asimddp", "i8mm", "sve")
+
+
+def isa_flags() -> list[str]:
+    """Which of ISA_FLAGS this CPU has (empty where /proc/cpuinfo is not readable)."""
+    flags = _cpu_flags()
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def int8_dot_saturates() -> bool:
@@ -36,7 +47,7 @@ def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):   # x86 / Arm
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
