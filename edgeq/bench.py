@@ -207,8 +207,13 @@ def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
                 "fallback_seconds": fallback.get("seconds"), "float_units": fallback.get("reverted_units"),
                 "units": fallback.get("units"), "placement": fallback.get("placement"),
                 "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples"),
-                "cpu": machine()["processor"], "isa": machine()["isa"]})
+                **_cpu_fields()})
     return row
+
+
+def _cpu_fields() -> dict:
+    env = machine()
+    return {"cpu": env["processor"], "isa": env["isa"]}
 
 
 def _accuracy_fields(acc: dict | None) -> dict:

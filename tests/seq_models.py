@@ -119,19 +119,23 @@ class TwoInputs(nn.Module):
         return self.head(x + F.relu(self.side(meta)))
 
 
+def _seeded(cls):
+    """A factory's model: the same random init every call (the tests compare runs)."""
+    torch.manual_seed(0)
+    return cls()
+
+
 def build_recognizer() -> TextRecognizer:
     """Factory for ``--model tests/seq_models.py:build_recognizer`` (weights come from --weights)."""
     return TextRecognizer()
 
 
 def build_two_heads() -> TwoHeads:
-    torch.manual_seed(0)
-    return TwoHeads()
+    return _seeded(TwoHeads)
 
 
 def build_two_inputs() -> TwoInputs:
-    torch.manual_seed(0)
-    return TwoInputs()
+    return _seeded(TwoInputs)
 
 
 class FeedForward(nn.Module):
@@ -207,8 +211,7 @@ class TinyConformer(nn.Module):
 
 
 def build_conformer() -> TinyConformer:
-    torch.manual_seed(0)
-    return TinyConformer()
+    return _seeded(TinyConformer)
 
 
 class TokenClassifier(nn.Module):
@@ -229,8 +232,7 @@ class TokenClassifier(nn.Module):
 
 
 def build_token_classifier() -> TokenClassifier:
-    torch.manual_seed(0)
-    return TokenClassifier()
+    return _seeded(TokenClassifier)
 
 
 def build_converted_recognizer():
@@ -262,5 +264,4 @@ class FixedBatch(nn.Module):
 
 
 def build_fixed_batch() -> FixedBatch:
-    torch.manual_seed(0)
-    return FixedBatch()
+    return _seeded(FixedBatch)

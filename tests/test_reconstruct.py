@@ -247,8 +247,8 @@ def test_time_budget_learns_only_where_it_pays(tmp_path, calib_npy):
     harmful = [r for r in regions if r["nmse_observers"] > 1e-3]
     assert harmful and all(r["status"] in ("learned", "observers") for r in harmful)
     learned = [r for r in regions if r["status"] == "learned"]
-    assert max(harmful, key=lambda r: r["nmse_observers"]) in learned + [r for r in harmful if "did not lower" in
-                                                                         r.get("reason", "")]
+    worst = max(harmful, key=lambda r: r["nmse_observers"])   # learned first (kept only if it lowered the loss)
+    assert worst["status"] == "learned" or "did not lower" in worst["reason"], worst
     assert any(r["iterations"] < 300 and r["stopped"] == "plateau" for r in learned), learned
     api.quantize(TINY, str(calib_npy), "w4a8", tmp_path / "none.edgeq", time_budget=1e-4, latency_search=False)
     regions = json.loads((tmp_path / "none.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]

@@ -95,7 +95,8 @@ def example_shapes(path) -> list | None:
 
 def random_feeds(path, inputs: list[tuple], batch: int, seed: int) -> dict[str, np.ndarray]:
     """{name: array} for ``inputs`` given as (name, shape, type string such as 'tensor(int64)')."""
-    examples = example_shapes(path) or []
+    symbolic = any(not isinstance(d, int) for _, shape, _ in inputs for d in shape[1:])
+    examples = (example_shapes(path) or []) if symbolic else []   # reading the file only when needed
     return {name: random_input(path, shape, batch, seed + i, examples[i] if i < len(examples) else None,
                                "int" in str(kind))
             for i, (name, shape, kind) in enumerate(inputs)}

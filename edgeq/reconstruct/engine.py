@@ -30,7 +30,7 @@ from ..quant.recipe import ReconSpec
 from ..trace.blocks import BlockMap
 from ..trace.graphutil import set_param
 from .learners import AdaRound, LearnedStep, Mode
-from .regions import Region, plan_regions
+from .regions import Region, plan_regions, run_region
 from .state import ResumeState
 from .triage import triage
 
@@ -78,7 +78,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     budget = _Budget(spec.time_budget, plan)
     reports = []
     for i, region in enumerate(regions):
-        targets = _run(region, float_cache, learners.mode, "float", spec.batch_size, device)
+        targets = run_region(region, float_cache, learners.mode, "float", spec.batch_size, device)
         if state is not None and i < state.regions_done:
             report = state.data["regions"][i]
             _load_region(region, learners, gm, state, device)
@@ -93,7 +93,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
                              {name: _act_state(learners.acts[name]) for name in region.act_quantizers})
         reports.append(report)
-        outputs = _run(region, quant_cache, learners.mode, "hard", spec.batch_size, device)
+        outputs = run_region(region, quant_cache, learners.mode, "hard", spec.batch_size, device)
         for name, f, q in zip(region.outputs, targets, outputs):
             float_cache[name], quant_cache[name] = f, q
         for name in [n for n in float_cache if region.last_use.get(n, -1) <= i]:
@@ -161,19 +161,6 @@ def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec)
 def _batches(n: int, batch_size: int):
     for i in range(0, n, batch_size):
         yield slice(i, min(n, i + batch_size))
-
-
-def _run(region: Region, cache: dict, mode: Mode, value: str, batch_size: int, device: str) -> list[torch.Tensor]:
-    """Region outputs for every cached sample, in ``value`` mode, back on the CPU."""
-    mode.value = value
-    n = len(cache[region.inputs[0]])
-    parts: list[list[torch.Tensor]] = [[] for _ in region.outputs]
-    with torch.no_grad():
-        for s in _batches(n, batch_size):
-            outs = region.module(*[cache[k][s].to(device) for k in region.inputs])
-            for part, out in zip(parts, outs):
-                part.append(out.cpu())
-    return [torch.cat(p) for p in parts]
 
 
 def _loss(outs, targets, weights) -> torch.Tensor:

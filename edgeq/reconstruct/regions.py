@@ -31,6 +31,20 @@ class Region:
     last_use: dict[str, int]   # value name -> index of the last region that reads it
 
 
+def run_region(region: Region, cache: dict, mode, value: str, batch_size: int, device: str) -> list[torch.Tensor]:
+    """Region outputs for every cached sample, with the learners' ``mode`` set to ``value`` (float, hard or
+    soft), in batches of ``batch_size``, back on the CPU."""
+    mode.value = value
+    n = len(cache[region.inputs[0]])
+    parts: list[list[torch.Tensor]] = [[] for _ in region.outputs]
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            outs = region.module(*[cache[k][i: i + batch_size].to(device) for k in region.inputs])
+            for part, out in zip(parts, outs):
+                part.append(out.cpu())
+    return [torch.cat(p) for p in parts]
+
+
 def plan_regions(gm: fx.GraphModule, block_map: BlockMap, quantized: set[str],
                  joint_bridges: bool = True) -> list[Region]:
     nodes = list(gm.graph.nodes)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .regions import run_region
+
 STEP_COST = 3.0   # a training step (forward in soft mode + backward) in forwards of the same batch
 
 
@@ -51,9 +53,9 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
     n = len(next(iter(inputs.values())))
     nmse, estimate = [], []
     for i, region in enumerate(regions):
-        targets = _forward(region, float_cache, mode, "float", eval_batch, device)
+        targets = run_region(region, float_cache, mode, "float", eval_batch, device)
         start = time.perf_counter()
-        outputs = _forward(region, quant_cache, mode, "hard", eval_batch, device)
+        outputs = run_region(region, quant_cache, mode, "hard", eval_batch, device)
         seconds_per_sample = (time.perf_counter() - start) / n
         error = sum(float(((o - t) ** 2).sum()) for o, t in zip(outputs, targets))
         energy = sum(float((t ** 2).sum()) for t in targets)
@@ -73,15 +75,3 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
         result.selected.add(i)
         spent += estimate[i]
     return result
-
-
-def _forward(region, cache: dict, mode, value: str, batch: int, device: str) -> list[torch.Tensor]:
-    mode.value = value
-    n = len(cache[region.inputs[0]])
-    parts: list[list[torch.Tensor]] = [[] for _ in region.outputs]
-    with torch.no_grad():
-        for s in range(0, n, batch):
-            outs = region.module(*[cache[k][s: s + batch].to(device) for k in region.inputs])
-            for part, out in zip(parts, outs):
-                part.append(out.cpu())
-    return [torch.cat(p) for p in parts]

@@ -27,7 +27,7 @@ def example_inputs(loaded: LoadedModel, batch: int, samples=None) -> tuple[torch
     ids, not noise), else random floats / zeros for integer inputs."""
     if samples is not None:
         from ..samples import as_samples
-        arrays = as_samples(samples).uniform().inputs
+        arrays = as_samples(samples).take(slice(0, max(batch, 16))).uniform().inputs
         return tuple(torch.from_numpy(np.resize(a, (batch, *a.shape[1:])).astype(a.dtype)) for a in arrays)
     out = []
     for spec in loaded.input_specs:
