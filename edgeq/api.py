@@ -192,7 +192,7 @@ def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr
     knobs = {"iterations": iters, "weight_lr": weight_lr, "act_lr": act_lr, "drop_prob": drop_prob}
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if time_budget is not None:
-        knobs.update(_where_it_pays(rec, time_budget))
+        knobs.update(_where_it_pays(time_budget))
     if knobs and rec.reconstruction is None:
         raise RecipeError(f"recipe {rec.name} does not use block reconstruction, so --iters, --weight-lr, "
                           f"--act-lr, --drop-prob and --time-budget do not apply; use w8a8, w6a6 or w4a8.")
@@ -204,20 +204,14 @@ def _recipe_with_overrides(recipe: str, calib_size, batch_size, iters, weight_lr
     return rec
 
 
-# what --time-budget turns on when the recipe leaves it off: learn only regions whose observer-only output
-# error exceeds this NMSE (SQNR < 30 dB), and stop a region after this many steps without a 1 % gain
-WHERE_IT_PAYS = {"learn_above": 1e-3, "patience": 50}
-
-
-def _where_it_pays(rec, time_budget: float) -> dict:
-    """--time-budget: reconstruction where it pays, most harmful regions first, within the budget."""
+def _where_it_pays(time_budget: float) -> dict:
+    """--time-budget S: learn the most harmful regions within S seconds; 0: every region, every iteration
+    (the thorough run, as before reconstruction-where-it-pays)."""
     if not time_budget >= 0:
         raise CalibrationError(f"--time-budget is in seconds and cannot be negative (got {time_budget}).")
-    recon = rec.reconstruction
-    knobs = {"time_budget": float(time_budget)}
-    if recon is not None:
-        knobs.update({k: v for k, v in WHERE_IT_PAYS.items() if not getattr(recon, k)})
-    return knobs
+    if time_budget == 0:
+        return {"time_budget": 0.0, "learn_above": 0.0, "patience": 0}
+    return {"time_budget": float(time_budget)}
 
 
 def check_device(device: str) -> str:

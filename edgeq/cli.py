@@ -88,9 +88,10 @@ def main():
               help="w8a8, w6a6, w4a8 (block reconstruction), w8a8-fast, w8a8-minmax (observers only), "
                    "or a .yaml/.json file.")
 @click.option("--iters", type=int, help="Reconstruction iterations per block (default: the recipe's).")
-@click.option("--time-budget", type=float, help="Seconds of block learning: only blocks whose observer-only "
+@click.option("--time-budget", type=float, help="Seconds of block learning, spent on the blocks whose observer-only "
                                                "output error is worth it, most harmful first; a block stops when "
-                                               "its loss plateaus (default: the recipe's, which learns every block).")
+                                               "its hard-rounded loss plateaus (default: the recipe's; w8a8: 15). "
+                                               "0: learn every block for every iteration (thorough, slow).")
 @click.option("--weight-lr", type=float, help="AdaRound learning rate (default: the recipe's).")
 @click.option("--act-lr", type=float, help="Activation step-size learning rate (default: the recipe's).")
 @click.option("--drop-prob", type=float, help="QDrop probability (default: the recipe's, 0.5).")
@@ -340,10 +341,12 @@ def _print_profile(r: dict) -> None:
 
 
 @main.command()
-@click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all"]))
+@click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all", "ptq"]),
+              help="zoo: accuracy and latency of the bundled models; speed: latency of the 224×224 architectures; "
+                   "ptq: seconds and peak memory of the default quantize at 224×224 (reports/ptq.md).")
 @click.option("--models", help="Comma-separated subset of the suite's models.")
 @click.option("--recipes", help="Comma-separated edgeq recipes (default: w8a8-fast,w8a8,w6a6,w4a8 on the zoo "
-                                "suite, w8a8-fast,w8a8 on the speed suite).")
+                                "suite, w8a8-fast,w8a8 on the speed suite; ptq suite: w8a8,w8a8-every-region).")
 @click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
@@ -351,6 +354,12 @@ def _print_profile(r: dict) -> None:
 @command
 def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
+    if suite == "ptq":
+        from .bench import SPEED_SUITE
+        from .bench_ptq import run_ptq_bench
+        result = run_ptq_bench(models.split(",") if models else list(SPEED_SUITE), out_dir,
+                               recipes.split(",") if recipes else None)
+        return _emit(result, as_json, lambda r: click.echo(r["markdown"]))
     from .bench import run_bench
     result = run_bench(suite, models.split(",") if models else None, recipes.split(",") if recipes else None,
                        runs, eval_limit, out_dir, _metric_choice(metric, None, 0))

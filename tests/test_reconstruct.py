@@ -23,7 +23,8 @@ from edgeq.trace.graphutil import get_attr
 
 from conftest import TINY
 
-FAST = dict(iters=40, calib_size=48, batch_size=16, latency_search=False)  # reconstruction only
+# reconstruction only, every region for every iteration (time_budget=0: the thorough, reproducible mode)
+FAST = dict(iters=40, calib_size=48, batch_size=16, latency_search=False, time_budget=0)
 
 
 def digest(bundle) -> str:
@@ -144,7 +145,8 @@ def test_same_seed_same_integers(recon_bundle, calib_npy, tmp_path):
 def test_kill_and_resume_gives_the_same_weights(recon_bundle, calib_npy, tmp_path):
     out = tmp_path / "killed.edgeq"
     cmd = [sys.executable, "-m", "edgeq.cli", "quantize", "--model", TINY, "--calib", str(calib_npy),
-           "-o", str(out), "--iters", "40", "--calib-size", "48", "--batch-size", "16", "--json", "--no-latency-search"]
+           "-o", str(out), "--iters", "40", "--calib-size", "48", "--batch-size", "16", "--time-budget", "0", "--json",
+           "--no-latency-search"]
     state_file = resume_dir(out) / "state.pt"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -234,23 +236,30 @@ def test_depthwise_into_conv_exports_and_runs_in_onnxruntime(tmp_path):
 
 
 def test_time_budget_learns_only_where_it_pays(tmp_path, calib_npy):
-    """--time-budget: regions whose observer-only error is small keep the observers; the most harmful ones
-    are learned first and stop when their loss plateaus; nothing fits a budget smaller than any region."""
+    """Reconstruction where it pays: regions whose observer-only error is small keep the observers; the most
+    harmful ones are learned first and stop when their hard loss plateaus (the best state is kept); nothing
+    fits a budget smaller than any region."""
+    recipe = tmp_path / "where.json"   # w4a8 (every region is harmful enough to learn) with w8a8's threshold
+    recipe.write_text(json.dumps({"edgeq_recipe": 1, "base": "w4a8", "name": "w4a8-where-it-pays",
+                                  "reconstruction": {"learn_above": 1e-3, "patience": 50}}))
     out = tmp_path / "b.edgeq"
-    api.quantize(TINY, str(calib_npy), "w4a8", out, time_budget=30.0, latency_search=False)
+    api.quantize(TINY, str(calib_npy), str(recipe), out, time_budget=30.0, latency_search=False)
     recon = json.loads((out / "manifest.json").read_text())["reconstruction"]
     regions, triage = recon["regions"], recon["triage"]
     assert triage["learn_above_nmse"] == 1e-3 and len(triage["nmse"]) == len(regions)
     for region in regions:
         if region["nmse_observers"] <= 1e-3:
             assert region["status"] == "observers" and "would not pay" in region["reason"], region
+            assert region["eval_samples"] <= 32   # not learned: measured on the scheme-choice samples only
     harmful = [r for r in regions if r["nmse_observers"] > 1e-3]
     assert harmful and all(r["status"] in ("learned", "observers") for r in harmful)
     learned = [r for r in regions if r["status"] == "learned"]
     worst = max(harmful, key=lambda r: r["nmse_observers"])   # learned first (kept only if it lowered the loss)
     assert worst["status"] == "learned" or "did not lower" in worst["reason"], worst
     assert any(r["iterations"] < 300 and r["stopped"] == "plateau" for r in learned), learned
-    api.quantize(TINY, str(calib_npy), "w4a8", tmp_path / "none.edgeq", time_budget=1e-4, latency_search=False)
+    assert all(r["loss_learned"] <= r["loss_chosen"] for r in learned)
+    api.quantize(TINY, str(calib_npy), str(recipe), tmp_path / "none.edgeq", time_budget=1e-4,
+                 latency_search=False)
     regions = json.loads((tmp_path / "none.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]
     assert all(r["status"] == "observers" for r in regions)
     assert any("did not fit the 0 s time budget" in r["reason"] for r in regions), regions

@@ -14,6 +14,8 @@ from .recipe import LayerSpec
 
 SAMPLES_PER_BATCH = 4096   # values kept per channel from each observed batch
 MAX_SAMPLES = 65536        # values kept per channel in total
+MAX_SAMPLE_ELEMENTS = 1 << 20  # values kept over all channels (per-channel observers of wide layers
+                               # held over 1 GB at 224², and the MSE search does not need that many)
 MSE_GRID = torch.linspace(0.02, 1.0, 99)  # includes 1.0, so MSE is never worse than min/max
 MSE_CHUNK_ELEMENTS = 1 << 22  # bound the [grid, channels, values] temporaries
 
@@ -78,16 +80,20 @@ class Observer:
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float()
         rows = self._rows(x)
-        finite = torch.isfinite(rows)
-        if not finite.all():
+        lo, hi = rows.amin(1), rows.amax(1)
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # NaN and ±inf reach the extremes
+            finite = torch.isfinite(rows)
             self.nonfinite += int((~finite).sum())
             rows = torch.where(finite, rows, torch.zeros_like(rows))
-        lo, hi = rows.amin(1), rows.amax(1)
+            lo, hi = rows.amin(1), rows.amax(1)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.batches += 1
-        if self.spec.observer != "minmax" and self.kept < MAX_SAMPLES:
-            take = min(SAMPLES_PER_BATCH, rows.shape[1], MAX_SAMPLES - self.kept)
+        channels = rows.shape[0]
+        limit = max(1024, min(MAX_SAMPLES, MAX_SAMPLE_ELEMENTS // channels))
+        if self.spec.observer != "minmax" and self.kept < limit:
+            per_batch = SAMPLES_PER_BATCH if limit == MAX_SAMPLES else max(256, limit // 8)
+            take = min(per_batch, rows.shape[1], limit - self.kept)
             # O(take) draw (with replacement): a full randperm per batch and layer dominated calibration
             idx = torch.randint(rows.shape[1], (take,), generator=self.generator)
             self.samples.append(rows[:, idx].clone())

@@ -13,6 +13,7 @@ from .. import ui
 from ..bundle import write_bundle
 from ..data import Dataset
 from ..envinfo import int8_dot_saturates, machine, package_versions
+from ..memory import release_freed_memory
 from ..metrics import compare_outputs
 from ..models.intake import LoadedModel
 from ..samples import Outputs, Samples, output_names, run_graph  # noqa: F401 - run_graph is imported from here too
@@ -129,9 +130,11 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
     with torch.no_grad():
         for batch in ui.track(list(data.batches(batch_size)), "calibrating"):
             gm(*[torch.from_numpy(a) for a in batch])
+            release_freed_memory()
     for hook in hooks:
         hook.remove()
     freeze_activations(gm)
+    release_freed_memory()
     finalize_weights(gm, records)
     fidelity = compare_outputs(float_out, run_graph(gm, samples, batch_size))
     recon_report = None
@@ -140,7 +143,8 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
         fidelity_observers = fidelity
         if not dynamic:  # a static program only runs at its captured batch size
             recon = dataclasses.replace(recon, batch_size=batch_size)
-        ui.log(f"reconstructing {len(records)} layers block by block ({recon.iterations} iterations each)")
+        limit = f", {recon.time_budget:.0f} s of learning where it pays" if recon.time_budget else ""
+        ui.log(f"reconstructing {len(records)} layers block by block (up to {recon.iterations} iterations each{limit})")
         recon_report = reconstruct(gm, records, block_map, data.samples.uniform().inputs, recon, seed, device,
                                    state, static_batch=None if dynamic else batch_size)
         recon_report["fidelity_observers_vs_float"] = fidelity_observers

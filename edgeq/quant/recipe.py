@@ -107,10 +107,11 @@ class ReconSpec:
     choose_granularity: bool = True  # per-tensor vs per-channel activations for depthwise/grouped convs
     choose_scheme: bool = True      # symmetric vs asymmetric activations, by block output error
     joint_bridges: bool = True      # a bridge block is learned together with the block before it
-    # reconstruction where it pays (issue 12; opt-in until the bench has shown the zoo holds with it on):
+    # reconstruction where it pays (the built-in recipes set these; all 0 = every region, every iteration):
     time_budget: float = 0.0        # seconds of learning per model, most harmful regions first (0: no limit)
     learn_above: float = 0.0        # learn a region only when its observer-only output NMSE exceeds this
-    patience: int = 0               # stop a region when this many steps lowered its loss by < 1 % (0: never)
+    patience: int = 0               # check the hard loss every this many steps; stop after two checks
+                                    # without a 1 % gain (0: never)
 
     def validate(self, where: str) -> "ReconSpec":
         for key in ("iterations", "batch_size"):
@@ -198,6 +199,11 @@ _W8 = LayerSpec(bits=8, granularity="per_channel", symmetric=True, observer="mse
 _A8 = LayerSpec(bits=8, granularity="per_tensor", symmetric=False, observer="mse")
 # First and last layers keep 8 bits in the sub-8-bit recipes (standard practice in BRECQ/QDrop/Q-HyViT)
 _EDGES_8BIT = (Override("kind:stem", weights=_W8, activations=_A8), Override("kind:head", weights=_W8, activations=_A8))
+# At 8 bits most regions gain nothing from learning: learn those whose observer-only output error exceeds
+# NMSE 1e-3 (SQNR < 30 dB), most harmful first, within 15 s of learning (issue 12: about a minute at 224²).
+_WHERE_IT_PAYS = ReconSpec(time_budget=15.0, learn_above=1e-3, patience=50)
+# Below 8 bits nearly every region pays: learn them all, each until its hard loss stops improving.
+_EVERY_REGION = ReconSpec(patience=50)
 
 BUILTIN = {
     "w8a8": Recipe(
@@ -206,20 +212,20 @@ BUILTIN = {
                     "learned jointly): per-channel symmetric int8 weights (7-bit range where int8 dot products "
                     "saturate, i.e. x86 without VNNI), uint8/int8 activations chosen per block; units whose int8 form is not faster on the target (timed) "
                     "stay in float. The default.",
-        weights=_W8, activations=_A8, reconstruction=ReconSpec(), fallback=FallbackSpec(latency_search=True),
+        weights=_W8, activations=_A8, reconstruction=_WHERE_IT_PAYS, fallback=FallbackSpec(latency_search=True),
     ),
     "w6a6": Recipe(
         name="w6a6",
         description="Block reconstruction at 6-bit weights and activations; stem and head stay 8-bit.",
         weights=LayerSpec(bits=6, granularity="per_channel", symmetric=True, observer="mse"),
         activations=LayerSpec(bits=6, granularity="per_tensor", symmetric=False, observer="mse"),
-        overrides=_EDGES_8BIT, reconstruction=ReconSpec(),
+        overrides=_EDGES_8BIT, reconstruction=_EVERY_REGION,
     ),
     "w4a8": Recipe(
         name="w4a8",
         description="Block reconstruction at 4-bit weights, 8-bit activations; stem and head stay 8-bit.",
         weights=LayerSpec(bits=4, granularity="per_channel", symmetric=True, observer="mse"),
-        activations=_A8, overrides=_EDGES_8BIT, reconstruction=ReconSpec(),
+        activations=_A8, overrides=_EDGES_8BIT, reconstruction=_EVERY_REGION,
     ),
     "w8a8-fast": Recipe(
         name="w8a8-fast",

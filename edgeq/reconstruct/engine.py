@@ -23,6 +23,7 @@ import torch
 from torch import fx
 
 from .. import ui
+from ..memory import release_freed_memory
 from ..quant.fakequant import ActQuant, LayerQuant, dequantize_int, quantize_int, round_biases, spec_label
 from ..quant.observers import QParams
 from ..samples import flatten_outputs
@@ -30,15 +31,14 @@ from ..quant.recipe import ReconSpec
 from ..trace.blocks import BlockMap
 from ..trace.graphutil import set_param
 from .learners import AdaRound, LearnedStep, Mode
-from .regions import Region, plan_regions, run_region
+from .regions import Region, on_device, plan_regions, run_region
 from .state import ResumeState
-from .triage import triage
+from .train import NonFiniteLoss, block_loss, train_region
+from .triage import Budget, rounded_nmse, triage
 
-EVAL_SAMPLES = 128   # fixed subset for the before/after loss and the scheme choice
-
-
-class NonFiniteLoss(Exception):
-    pass
+EVAL_SAMPLES = 128   # fixed subset for the before/after loss of a learned region
+SCHEME_SAMPLES = 32  # its first samples compare activation schemes (one region forward per candidate) and
+                     # measure the regions that are not learned
 
 
 class _Skipped(Exception):
@@ -50,7 +50,7 @@ class Learners:
     mode: Mode
     weights: dict[str, AdaRound]       # layer -> AdaRound
     acts: dict[str, LearnedStep]       # ActQuant module name -> LSQ step
-    eval_batch: int | None = None      # a program captured at a fixed batch size runs only at that size
+    eval_batch: int | None = None      # evaluation batch (a fixed-batch program runs only at its size)
 
 
 def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: BlockMap, x,
@@ -61,9 +61,13 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     ``x``: the calibration inputs, one equal-length array per model input (or one array); ``static_batch``:
     the batch size a fixed-batch program takes (its evaluation subsets then run in batches of it)."""
     start = time.perf_counter()
+    release_freed_memory()
     regions = plan_regions(gm, block_map, set(records), spec.joint_bridges)
     learners = _attach(gm, records, spec)
-    learners.eval_batch = static_batch
+    frozen = [p for p in gm.parameters() if p.requires_grad]
+    for p in frozen:   # only the learners learn: no gradients for the model's own weights, biases, norms
+        p.requires_grad_(False)
+    learners.eval_batch = static_batch or spec.batch_size   # batches bound the memory at 224² and above
     gm.to(device)
     for learner in [*learners.weights.values(), *learners.acts.values()]:
         learner.to(device)
@@ -75,8 +79,11 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
     plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in float_cache.items()}, learners.mode, spec, device,
                   static_batch or spec.batch_size)
-    budget = _Budget(spec.time_budget, plan)
+    budget = Budget(plan)
+    release_freed_memory()
+    ui.log(plan.summary())
     reports = []
+    loop_start = time.perf_counter()
     for i, region in enumerate(regions):
         targets = run_region(region, float_cache, learners.mode, "float", spec.batch_size, device)
         if state is not None and i < state.regions_done:
@@ -86,8 +93,8 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             learn = budget.allows(i)
             report = _learn_region(i, region, learners, records, gm, quant_cache, targets,
                                    [grads.get(o) for o in region.outputs], spec, seed, device,
-                                   None if learn else plan.reason_skipped(i), budget.deadline())
-            report["nmse_observers"] = float(f"{plan.nmse[i]:.4g}")
+                                   None if learn else plan.reason_skipped(i), budget.allowance(i))
+            report["nmse_observers"] = rounded_nmse(plan.nmse[i])
             budget.spend(report.get("learn_seconds", 0.0))
             if state is not None:
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
@@ -98,9 +105,13 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             float_cache[name], quant_cache[name] = f, q
         for name in [n for n in float_cache if region.last_use.get(n, -1) <= i]:
             float_cache.pop(name), quant_cache.pop(name)
-        ui.log(_summary_line(i, len(regions), report))
+        release_freed_memory()
+        eta = budget.eta(i, len(regions), time.perf_counter() - loop_start)
+        ui.log(_summary_line(i, len(regions), report) + f" [ETA {eta:.0f} s]")
     _store(gm, records, learners)
     gm.to("cpu")
+    for p in frozen:
+        p.requires_grad_(True)
     return {"spec": dataclasses.asdict(spec), "device": device, "regions": reports, "triage": plan.to_dict(),
             "learned": [r["name"] for r in reports if r["status"] == "learned"],
             "fallbacks": [r["name"] for r in reports if r["status"] == "fallback"],
@@ -108,38 +119,18 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-class _Budget:
-    """The learning time budget: the triage's picks, plus any region worth learning that still fits
-    once earlier regions stopped early; a region running past the budget stops where it is."""
-
-    def __init__(self, seconds: float, plan):
-        self.seconds, self.plan, self.spent = seconds, plan, 0.0
-
-    def allows(self, i: int) -> bool:
-        if i in self.plan.selected:
-            return True
-        if not self.plan.worth(i) or not self.seconds:
-            return False
-        promised = sum(self.plan.estimate[k] for k in self.plan.selected if k > i)
-        if self.spent + promised + self.plan.estimate[i] <= self.seconds:
-            self.plan.selected.add(i)
-            return True
-        return False
-
-    def spend(self, seconds: float) -> None:
-        self.spent += seconds
-
-    def deadline(self) -> float | None:
-        """Wall-clock time at which learning stops (the budget counts learning only)."""
-        return time.perf_counter() + max(0.0, self.seconds - self.spent) if self.seconds else None
-
-
 def _summary_line(i: int, total: int, report: dict) -> str:
-    if report["status"] != "learned":
-        return f"  [{i + 1}/{total}] {report['name']}: {report['status']} ({report.get('reason', '')})"
-    stopped = f", stopped: {report['stopped']}" if report.get("stopped") else ""
-    return (f"  [{i + 1}/{total}] {report['name']}: loss {report['loss_observers']:.4g} -> "
-            f"{report['loss_learned']:.4g} ({report['iterations']} steps{stopped}, {report['seconds']} s)")
+    """One line per region for logs (the manifest keeps the full reason)."""
+    head = f"  [{i + 1}/{total}] {report['name']}:"
+    nmse = f"NMSE {report['nmse_observers']:.2g}, " if report.get("nmse_observers") is not None else ""
+    if report["status"] == "learned":
+        stopped = f", stopped: {report['stopped']}" if report.get("stopped") else ""
+        return (f"{head} learned, loss {report['loss_observers']:.4g} -> {report['loss_learned']:.4g} "
+                f"({nmse}{report['iterations']} steps{stopped}, {report['seconds']} s)")
+    reason = report.get("reason", "")
+    short = ("not worth learning" if "would not pay" in reason else "over the time budget" if "budget" in reason
+             else reason.split(";")[0])
+    return f"{head} {report['status']} ({nmse}{short}, {report['seconds']} s)"
 
 
 def _attach(gm: fx.GraphModule, records: dict[str, LayerQuant], spec: ReconSpec) -> Learners:
@@ -163,23 +154,14 @@ def _batches(n: int, batch_size: int):
         yield slice(i, min(n, i + batch_size))
 
 
-def _loss(outs, targets, weights) -> torch.Tensor:
-    """BRECQ's block objective: squared error summed over elements, averaged over the batch."""
-    total = 0.0
-    for out, target, w in zip(outs, targets, weights):
-        err = (out - target) ** 2
-        total = total + (err * w if w is not None else err).sum()
-    return total / outs[0].shape[0]
-
-
 def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, device) -> float:
     learners.mode.value = "hard"
     n = len(inputs[0])
     parts = []
     with torch.no_grad():
         for s in _batches(n, learners.eval_batch or n):
-            outs = region.module(*[t[s].to(device) for t in inputs])
-            loss = _loss(outs, [t[s].to(device) for t in targets],
+            outs = region.module(*[on_device(t[s], device) for t in inputs])
+            loss = block_loss(outs, [on_device(t[s], device) for t in targets],
                          [w[s].to(device) if w is not None else None for w in weights])
             parts.append((float(loss), s.stop - s.start))
     if len(parts) == 1:
@@ -189,25 +171,31 @@ def _eval_loss(region: Region, learners: Learners, inputs, targets, weights, dev
 
 def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant_cache, targets, grads,
                   spec: ReconSpec, seed: int, device: str, skip: str | None = None,
-                  deadline: float | None = None) -> dict:
+                  allowance: float | None = None) -> dict:
     """Scheme choice, then (unless ``skip`` gives the triage's reason) learning until the iterations, a
-    plateau or ``deadline``; the learned solution is kept only if it lowers the block loss."""
+    plateau or ``allowance`` seconds; the learned solution is kept only if it lowers the block loss."""
     start = time.perf_counter()
     n = len(quant_cache[region.inputs[0]])
-    sub = slice(0, min(n, EVAL_SAMPLES))
+    # a region that will not be learned is only measured on the scheme-choice samples
+    sub = slice(0, min(n, EVAL_SAMPLES if skip is None else SCHEME_SAMPLES))
     eval_in = [quant_cache[k][sub] for k in region.inputs]
     eval_tgt, eval_w = [t[sub] for t in targets], [g[sub] if g is not None else None for g in grads]
-    report = {"name": region.name, "kinds": list(region.kinds), "layers": list(region.layers)}
+    report = {"name": region.name, "kinds": list(region.kinds), "layers": list(region.layers),
+              "eval_samples": sub.stop}
     try:
         report["loss_observers"] = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
-        report["choices"] = _choose_schemes(region, learners, gm, eval_in, eval_tgt, eval_w, device)
+        few = slice(0, SCHEME_SAMPLES)
+        report["choices"] = _choose_schemes(region, learners, gm, [t[few] for t in eval_in],
+                                            [t[few] for t in eval_tgt],
+                                            [w[few] if w is not None else None for w in eval_w], device)
         chosen = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         if skip is not None:
             report.update(status="observers", reason=skip, loss_chosen=chosen, iterations=0)
             raise _Skipped
         initial = {name: (learners.acts[name].qparams(), learners.acts[name].label) for name in region.act_quantizers}
         learn_start = time.perf_counter()
-        steps, stopped = _train(i, region, learners, quant_cache, targets, grads, spec, seed, device, deadline)
+        deadline = None if allowance is None else learn_start + allowance
+        steps, stopped = train_region(i, region, learners, quant_cache, targets, grads, spec, seed, device, deadline)
         report["learn_seconds"] = round(time.perf_counter() - learn_start, 2)
         after = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         if not math.isfinite(after):
@@ -256,65 +244,6 @@ def _choose_schemes(region: Region, learners: Learners, gm, inputs, targets, wei
 def _swap_step(module: ActQuant, step: LearnedStep) -> LearnedStep:
     object.__setattr__(module, "learner", step)
     return step
-
-
-def _train(i: int, region: Region, learners: Learners, quant_cache, targets, grads, spec: ReconSpec,
-           seed: int, device: str, deadline: float | None = None) -> tuple[int, str | None]:
-    """Adam on AdaRound variables and LSQ steps; returns the steps run and why it stopped early, if it did
-    (its loss plateaued: the last ``patience`` steps lowered it by < 1 %; or the time budget ran out)."""
-    rounding = [learners.weights[name] for name in region.layers]
-    steps = [learners.acts[name] for name in region.act_quantizers]
-    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-    learners.mode.generator = generator
-    sampler = torch.Generator().manual_seed(seed * 1_000_003 + i)
-    opt_w = torch.optim.Adam([r.v for r in rounding], lr=spec.weight_lr) if rounding else None
-    opt_a = torch.optim.Adam([s.scale for s in steps], lr=spec.act_lr) if steps and spec.act_lr > 0 else None
-    sched_a = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=spec.iterations) if opt_a else None
-    n = len(quant_cache[region.inputs[0]])
-    warm = int(spec.warmup * spec.iterations)
-    history: list[float] = []
-    stopped = None
-    with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
-        for it in range(spec.iterations):
-            idx = torch.randint(n, (min(spec.batch_size, n),), generator=sampler)
-            learners.mode.value = "soft"
-            outs = region.module(*[quant_cache[k][idx].to(device) for k in region.inputs])
-            rec = _loss(outs, [t[idx].to(device) for t in targets],
-                        [g[idx].to(device) if g is not None else None for g in grads])
-            loss = rec
-            if it >= warm and rounding and spec.round_weight > 0:
-                beta = spec.beta_end + (spec.beta_start - spec.beta_end) * max(
-                    0.0, 1 - (it - warm) / max(1, spec.iterations - warm))
-                loss = rec + spec.round_weight * sum(r.regularizer(beta) for r in rounding)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss at iteration {it}")
-            for opt in (opt_w, opt_a):
-                if opt is not None:
-                    opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in (opt_w, opt_a):
-                if opt is not None:
-                    opt.step()
-            if sched_a is not None:
-                sched_a.step()
-            update(1, f"loss {float(rec.detach()):.4g}" if it % 10 == 0 else None)
-            history.append(float(rec.detach()))
-            stopped = _early_stop(history, spec.patience, deadline)
-            if stopped:
-                break
-    learners.mode.generator = None
-    return len(history), stopped
-
-
-def _early_stop(history: list[float], patience: int, deadline: float | None) -> str | None:
-    if deadline is not None and time.perf_counter() > deadline:
-        return "time budget"
-    if patience and len(history) >= 2 * patience and len(history) % patience == 0:
-        recent = sum(history[-patience:]) / patience
-        before = sum(history[-2 * patience: -patience]) / patience
-        if recent > 0.99 * before:
-            return "plateau"
-    return None
 
 
 def _fall_back(region: Region, learners: Learners, gm, records, device: str) -> None:

@@ -33,16 +33,35 @@ class Region:
 
 def run_region(region: Region, cache: dict, mode, value: str, batch_size: int, device: str) -> list[torch.Tensor]:
     """Region outputs for every cached sample, with the learners' ``mode`` set to ``value`` (float, hard or
-    soft), in batches of ``batch_size``, back on the CPU."""
+    soft), in batches of ``batch_size``, back on the CPU in the cache's storage type (``compact``)."""
     mode.value = value
     n = len(cache[region.inputs[0]])
-    parts: list[list[torch.Tensor]] = [[] for _ in region.outputs]
+    results: list[torch.Tensor] = []
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            outs = region.module(*[cache[k][i: i + batch_size].to(device) for k in region.inputs])
-            for part, out in zip(parts, outs):
-                part.append(out.cpu())
-    return [torch.cat(p) for p in parts]
+            outs = region.module(*[on_device(cache[k][i: i + batch_size], device) for k in region.inputs])
+            if not results:  # filled in place: concatenating parts held every output twice at 224²
+                results = [torch.empty((n, *o.shape[1:]), dtype=_storage_dtype(o)) for o in outs]
+            for k, out in enumerate(outs):
+                if results[k].dtype == torch.float16 and not bool(out.abs().amax() < HALF_MAX):
+                    results[k] = results[k].float()   # beyond float16's range: this value stays float32
+                results[k][i: i + len(out)] = out
+    return results
+
+
+# Cached activations (every calibration sample's region inputs and float targets) are stored as float16:
+# at 224² they are most of reconstruction's memory, and float16's 2^-11 relative rounding is far below
+# an 8-bit step (a cached quantized value keeps its integer) and the quantization error being learned.
+HALF_MAX = 65504.0
+
+
+def _storage_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float16 if t.dtype == torch.float32 else t.dtype
+
+
+def on_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A cached tensor as the region computes with it (float16 storage back to float32)."""
+    return t.to(device=device, dtype=torch.float32) if t.dtype == torch.float16 else t.to(device)
 
 
 def plan_regions(gm: fx.GraphModule, block_map: BlockMap, quantized: set[str],

@@ -6,43 +6,57 @@ wait. Before learning, one pass over a fixed evaluation subset runs every region
 quantized model (inputs from the quantized regions before it, targets from the float model — what
 reconstruction minimises) and measures
   - its output error as NMSE = ‖quantized − float‖² / ‖float‖² of the region's outputs, and
-  - the time one forward takes, from which learning it is estimated (a training step ≈ 3 forwards).
-Regions above ``learn_above`` are ranked by NMSE and learned, most harmful first, while their estimates fit
-``time_budget``; the others keep the observer solution, and the manifest says which and why.
+  - the time one learning step takes on it (forward in soft mode and backward), timed.
+Regions above ``learn_above`` are ranked by NMSE and planned, most harmful first, while the shortest useful
+run of each (two plateau checks, ``2 × patience`` steps) fits ``time_budget``; the others keep the observer
+solution, and the manifest says which and why. While learning, a planned region may use what the budget has
+left after reserving the shortest runs of the planned regions after it, so regions that plateau early hand
+their time on (``Budget``).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .regions import run_region
+from .regions import on_device, run_region
 
-STEP_COST = 3.0   # a training step (forward in soft mode + backward) in forwards of the same batch
+
+def rounded_nmse(value: float) -> float | None:
+    """For the manifest (JSON has no infinity)."""
+    return float(f"{value:.4g}") if math.isfinite(value) else None
 
 
 @dataclass
 class Triage:
     nmse: list[float]                     # per region, observer-only output error on the evaluation subset
-    estimate: list[float]                 # per region, seconds its learning is expected to take
+    estimate: list[float]                 # per region, seconds its full learning run is expected to take
+    shortest: list[float]                 # per region, seconds of its shortest useful run
     selected: set[int] = field(default_factory=set)
     time_budget: float = 0.0
     learn_above: float = 0.0
 
     def reason_skipped(self, i: int) -> str:
-        if self.nmse[i] <= self.learn_above:
+        if not self.worth(i):
             return (f"output NMSE {self.nmse[i]:.2e} ≤ {self.learn_above:.0e} with observer ranges: learning would "
                     f"not pay; kept the observer ranges and round-to-nearest weights")
-        return (f"output NMSE {self.nmse[i]:.2e}, but learning it (about {self.estimate[i]:.0f} s) did not fit "
+        return (f"output NMSE {self.nmse[i]:.2e}, but learning it (at least {self.shortest[i]:.0f} s) did not fit "
                 f"the {self.time_budget:.0f} s time budget after more harmful regions; kept the observer ranges")
+
+    def summary(self) -> str:
+        worth = sum(self.worth(i) for i in range(len(self.nmse)))
+        budget = f"within {self.time_budget:.0f} s of learning" if self.time_budget else "without a time limit"
+        return (f"  triage: {worth} of {len(self.nmse)} regions worth learning (observer-only output NMSE > "
+                f"{self.learn_above:.0e}); {len(self.selected)} planned, most harmful first, {budget}")
 
     def worth(self, i: int) -> bool:
         return not self.learn_above or self.nmse[i] > self.learn_above   # 0: every region is worth it
 
     def to_dict(self) -> dict:
         return {"time_budget_s": self.time_budget, "learn_above_nmse": self.learn_above,
-                "selected": sorted(self.selected), "nmse": [float(f"{v:.4g}") for v in self.nmse],
+                "selected": sorted(self.selected), "nmse": [rounded_nmse(v) for v in self.nmse],
                 "estimate_s": [round(v, 2) for v in self.estimate]}
 
 
@@ -54,24 +68,87 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
     nmse, estimate = [], []
     for i, region in enumerate(regions):
         targets = run_region(region, float_cache, mode, "float", eval_batch, device)
-        start = time.perf_counter()
         outputs = run_region(region, quant_cache, mode, "hard", eval_batch, device)
-        seconds_per_sample = (time.perf_counter() - start) / n
-        error = sum(float(((o - t) ** 2).sum()) for o, t in zip(outputs, targets))
-        energy = sum(float((t ** 2).sum()) for t in targets)
-        nmse.append(error / max(energy, 1e-30))
-        estimate.append(spec.iterations * STEP_COST * seconds_per_sample * min(spec.batch_size, n))
+        error = sum(float(((o.float() - t.float()) ** 2).sum()) for o, t in zip(outputs, targets))
+        energy = sum(float((t.float() ** 2).sum()) for t in targets)
+        value = error / max(energy, 1e-30)
+        nmse.append(value if math.isfinite(value) else math.inf)   # non-finite outputs: learn (or fall back) first
+        worth = not spec.learn_above or nmse[-1] > spec.learn_above
+        estimate.append(spec.iterations * _step_seconds(region, quant_cache, mode, min(spec.batch_size, n), device)
+                        if worth else 0.0)
         for name, f, q in zip(region.outputs, targets, outputs):
             float_cache[name], quant_cache[name] = f, q
         for name in [k for k in float_cache if region.last_use.get(k, -1) <= i]:
             float_cache.pop(name), quant_cache.pop(name)
-    result = Triage(nmse, estimate, time_budget=spec.time_budget, learn_above=spec.learn_above)
+    fraction = min(1.0, 2 * spec.patience / spec.iterations) if spec.patience else 1.0
+    result = Triage(nmse, estimate, [e * fraction for e in estimate], time_budget=spec.time_budget,
+                    learn_above=spec.learn_above)
     spent = 0.0
     for i in sorted(range(len(regions)), key=lambda k: -nmse[k]):
         if not result.worth(i):
             continue
-        if spec.time_budget and spent + estimate[i] > spec.time_budget:
+        if spec.time_budget and spent + result.shortest[i] > spec.time_budget:
             continue   # a cheaper, less harmful region may still fit
         result.selected.add(i)
-        spent += estimate[i]
+        spent += result.shortest[i]
     return result
+
+
+TIMED_BATCH = 8   # a learning step is timed on a few samples and scaled (a full batch's autograd graph of an
+                 # early region at 224² holds about a gigabyte)
+
+
+def _step_seconds(region, cache, mode, batch: int, device: str) -> float:
+    """One learning step's forward and backward, timed (the second of two: the first warms up)."""
+    mode.value, mode.generator = "soft", torch.Generator(device=device).manual_seed(0)  # QDrop's draws
+    few = min(TIMED_BATCH, batch)
+    inputs = [on_device(cache[k][:few], device) for k in region.inputs]
+    seconds = 0.0
+    for _ in range(2):
+        start = time.perf_counter()
+        outs = region.module(*inputs)
+        loss = sum(o.float().pow(2).sum() for o in outs if o.requires_grad)
+        if isinstance(loss, torch.Tensor):
+            loss.backward()   # into the learners' .grad, which every optimizer step clears first
+        seconds = time.perf_counter() - start
+    mode.value, mode.generator = "hard", None
+    return seconds * batch / few
+
+
+class Budget:
+    """Learning time while the regions run in graph order: a planned region may spend what is left after the
+    shortest runs of the planned regions after it; a region worth learning that was not planned joins when
+    that leftover covers its own shortest run."""
+
+    def __init__(self, plan: Triage):
+        self.plan, self.seconds, self.spent = plan, plan.time_budget, 0.0
+
+    def _reserved_after(self, i: int) -> float:
+        return sum(self.plan.shortest[k] for k in self.plan.selected if k > i)
+
+    def allows(self, i: int) -> bool:
+        if i in self.plan.selected:
+            return True
+        if not self.plan.worth(i) or not self.seconds:
+            return False
+        if self.spent + self._reserved_after(i) + self.plan.shortest[i] <= self.seconds:
+            self.plan.selected.add(i)
+            return True
+        return False
+
+    def allowance(self, i: int) -> float | None:
+        """Seconds region ``i`` may learn (None: no time limit)."""
+        if not self.seconds:
+            return None
+        return max(self.seconds - self.spent - self._reserved_after(i), self.plan.shortest[i])
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
+
+    def eta(self, i: int, total: int, elapsed: float) -> float:
+        """Seconds left after region ``i``: the other work at its pace so far, plus the learning planned."""
+        other = (elapsed - self.spent) / (i + 1) * (total - i - 1)
+        learning = sum(self.plan.estimate[k] for k in self.plan.selected if k > i)
+        if self.seconds:
+            learning = min(learning, max(0.0, self.seconds - self.spent))
+        return max(0.0, other + learning)

@@ -1,0 +1,130 @@
+"""Learning one region: Adam on AdaRound rounding variables and LSQ activation steps, QDrop active.
+
+AdaRound's regulariser is annealed from ``beta_start`` to ``beta_end`` after the warm-up; it pushes the soft
+rounding towards 0/1 and so *raises* the soft reconstruction loss while it works. Whether learning still
+pays is therefore judged on what will be exported: every ``patience`` steps the hard-rounded region runs
+on a fixed probe batch, the best state so far is kept, and learning stops once two checks in a row failed
+to lower the best hard loss by 1 % (a plateau) or the time budget runs out. The best state is restored.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import ui
+from ..quant.recipe import ReconSpec
+from .regions import Region, on_device
+
+MIN_GAIN = 0.01        # a check must lower the best hard loss by this fraction to count as progress
+CHECKS_WITHOUT_GAIN = 2
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def block_loss(outs, targets, weights) -> torch.Tensor:
+    """BRECQ's block objective: squared error summed over elements, averaged over the batch."""
+    total = 0.0
+    for out, target, w in zip(outs, targets, weights):
+        err = (out - target) ** 2
+        total = total + (err * w if w is not None else err).sum()
+    return total / outs[0].shape[0]
+
+
+class _Probe:
+    """The hard-rounded loss on one fixed batch, and the best learner state seen so far."""
+
+    def __init__(self, region: Region, learners, quant_cache, targets, grads, index, device: str):
+        self.region, self.mode = region, learners.mode
+        self.inputs = [on_device(quant_cache[k][index], device) for k in region.inputs]
+        self.targets = [on_device(t[index], device) for t in targets]
+        self.weights = [g[index].to(device) if g is not None else None for g in grads]
+        self.params = [learners.weights[name].v for name in region.layers] + \
+                      [learners.acts[name].scale for name in region.act_quantizers]
+        self.best_loss, self.best_step, self.best_state = float("inf"), 0, None
+
+    def loss(self) -> float:
+        before, self.mode.value = self.mode.value, "hard"
+        with torch.no_grad():
+            value = float(block_loss(self.region.module(*self.inputs), self.targets, self.weights))
+        self.mode.value = before
+        return value
+
+    def check(self, step: int) -> None:
+        value = self.loss()
+        if value < self.best_loss * (1 - MIN_GAIN) or self.best_state is None:
+            self.best_loss, self.best_step = value, step
+            self.best_state = [p.detach().clone() for p in self.params]
+        elif value < self.best_loss:   # better, though not by enough to count as progress
+            self.best_loss, self.best_state = value, [p.detach().clone() for p in self.params]
+
+    def restore_best(self) -> None:
+        if self.best_state is not None and self.loss() > self.best_loss:
+            with torch.no_grad():
+                for p, saved in zip(self.params, self.best_state):
+                    p.copy_(saved)
+
+
+def train_region(i: int, region: Region, learners, quant_cache, targets, grads, spec: ReconSpec,
+                 seed: int, device: str, deadline: float | None = None) -> tuple[int, str | None]:
+    """Learn ``region`` in place; returns the steps run and why learning stopped early, if it did."""
+    rounding = [learners.weights[name] for name in region.layers]
+    steps = [learners.acts[name] for name in region.act_quantizers]
+    learners.mode.generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+    sampler = torch.Generator().manual_seed(seed * 1_000_003 + i)
+    opt_w = torch.optim.Adam([r.v for r in rounding], lr=spec.weight_lr) if rounding else None
+    opt_a = torch.optim.Adam([s.scale for s in steps], lr=spec.act_lr) if steps and spec.act_lr > 0 else None
+    sched_a = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=spec.iterations) if opt_a else None
+    n = len(quant_cache[region.inputs[0]])
+    batch = min(spec.batch_size, n)
+    probe = _Probe(region, learners, quant_cache, targets, grads,
+                   torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:batch], device) \
+        if spec.patience else None
+    if probe is not None:
+        probe.check(0)
+    warm = int(spec.warmup * spec.iterations)
+    done, stopped = 0, None
+    with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
+        for it in range(spec.iterations):
+            idx = torch.randint(n, (batch,), generator=sampler)
+            learners.mode.value = "soft"
+            outs = region.module(*[on_device(quant_cache[k][idx], device) for k in region.inputs])
+            rec = block_loss(outs, [on_device(t[idx], device) for t in targets],
+                             [g[idx].to(device) if g is not None else None for g in grads])
+            loss = rec
+            if it >= warm and rounding and spec.round_weight > 0:
+                beta = spec.beta_end + (spec.beta_start - spec.beta_end) * max(
+                    0.0, 1 - (it - warm) / max(1, spec.iterations - warm))
+                loss = rec + spec.round_weight * sum(r.regularizer(beta) for r in rounding)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss at iteration {it}")
+            for opt in (opt_w, opt_a):
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in (opt_w, opt_a):
+                if opt is not None:
+                    opt.step()
+            if sched_a is not None:
+                sched_a.step()
+            done = it + 1
+            update(1, f"loss {float(rec.detach()):.4g}" if it % 10 == 0 else None)
+            stopped = _should_stop(probe, done, spec.patience, deadline)
+            if stopped:
+                break
+    if probe is not None:
+        probe.restore_best()
+    learners.mode.generator = None
+    return done, stopped
+
+
+def _should_stop(probe: _Probe | None, done: int, patience: int, deadline: float | None) -> str | None:
+    if deadline is not None and time.perf_counter() > deadline:
+        return "time budget"
+    if probe is not None and done % patience == 0:
+        probe.check(done)
+        if done - probe.best_step >= CHECKS_WITHOUT_GAIN * patience:
+            return "plateau"
+    return None
