@@ -250,6 +250,55 @@ def build_converted_recognizer():
     return convert(onnx.load_from_string(buffer.getvalue())).eval()
 
 
+class SingleHeadAttention(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        return self.proj(torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1) @ v)
+
+
+class FlatHybrid(nn.Module):
+    """About 40 layers: a conv stem, six residual conv blocks, four transformer layers (attention and MLP
+    branches), a head — what issue 12 asks the block map to find in a graph converted from ONNX."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, 2, 1), nn.ReLU(), nn.Conv2d(dim, dim, 3, 1, 1), nn.ReLU())
+        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(dim, dim, 3, 1, 1), nn.ReLU(),
+                                                 nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.ReLU(),
+                                                 nn.Conv2d(dim, dim, 1)) for _ in range(6))
+        self.layers = nn.ModuleList(nn.ModuleList([SingleHeadAttention(dim), FeedForward(dim)]) for _ in range(4))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.convs:
+            x = x + block(x)
+        x = x.flatten(2).transpose(1, 2)
+        for attention, mlp in self.layers:
+            x = x + attention(x)
+            x = x + mlp(x)
+        return self.head(x.mean(1))
+
+
+def build_converted_flat_hybrid():
+    """FlatHybrid exported to ONNX at 32×32 and converted back with onnx2torch (module names are ONNX node
+    names; no hierarchy is left)."""
+    import io
+
+    import onnx
+    from onnx2torch import convert
+    buffer = io.BytesIO()
+    # opset 16: LayerNorm spelled out in primitive ops, as in many exported models (and onnx2torch's
+    # LayerNormalization converter loses the normalized shape of this graph)
+    torch.onnx.export(_seeded(FlatHybrid).eval(), (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False,
+                      opset_version=16)
+    return convert(onnx.load_from_string(buffer.getvalue())).eval()
+
+
 class FixedBatch(nn.Module):
     """A graph that bakes batch 1 into a reshape, as ONNX exports converted back to torch do."""
 

@@ -193,6 +193,23 @@ def test_a_graph_converted_from_onnx_quantizes_exports_and_keeps_cer(tmp_path):
     assert cer["fp32"] < 5.0 and cer["drop"] <= 1.0, cer
 
 
+def test_a_flat_converted_graph_reconstructs_as_blocks(tmp_path):
+    """37 layers converted from ONNX (no module hierarchy left): residual spans become blocks (attention and
+    MLP branches, residual conv blocks), the chain before them the stem, the one after the head; reconstruction
+    learns 16 regions, not 37 one-layer ones."""
+    model = f"{TESTS / 'seq_models.py'}:build_converted_flat_hybrid"
+    info = api.inspect(model, input_shape="1x3x32x32")
+    kinds = [b["kind"] for b in info["blocks"]]
+    assert sum(len(b["layers"]) for b in info["blocks"]) == 37
+    assert kinds == ["stem", *["conv"] * 5, "bridge", *["attention", "mlp"] * 4, "head"], kinds
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32))
+    result = api.quantize(model, str(tmp_path / "x.npy"), "w8a8", tmp_path / "f.edgeq", input_shape="1x3x32x32",
+                          iters=2, time_budget=0, latency_search=False)
+    recon = json.loads((tmp_path / "f.edgeq" / "manifest.json").read_text())["reconstruction"]
+    assert result["quantized_layers"] == 37 and len(recon["regions"]) == 15   # the bridge joins the block before it
+    assert max(len(r["layers"]) for r in recon["regions"]) >= 5
+
+
 def test_a_fixed_batch_program_reconstructs_in_batches_of_its_size(tmp_path):
     """Reconstruction's evaluation subsets used to run all at once, which a fixed-batch program refuses."""
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32))

@@ -1,16 +1,19 @@
 """Block reconstruction: learn each region's rounding and activation steps against the float block.
 
-For every region in execution order (BRECQ):
+First a triage pass (``triage.py``) measures every region's observer-only output error and the cost of a
+learning step, and plans which regions to learn within the time budget. Then, for every region in
+execution order (BRECQ):
   1. its inputs come from the already-quantized regions before it (cached), its targets from the
-     float model (cached): both caches move forward one region at a time;
+     float model (cached, float16): both caches move forward one region at a time;
   2. per activation quantizer, the candidate schemes (symmetric/asymmetric, per-tensor/per-channel for
      depthwise inputs) are compared by the region's output error, and the best one is kept;
-  3. AdaRound variables and LSQ steps are trained with Adam on random mini-batches, QDrop active,
-     AdaRound's regulariser annealed from ``beta_start`` to ``beta_end`` after the warm-up;
+  3. if the plan learns it, AdaRound variables and LSQ steps are trained (``train.py``) until the
+     iterations, a plateau of the hard-rounded loss, or the region's share of the budget;
   4. the hard decisions are frozen, and the state is saved for ``--resume``.
 A region whose loss turns NaN/Inf falls back to observer-only quantization (round-to-nearest weights,
 observer steps) and the report says why; one where learning does not lower the loss on the evaluation
-subset keeps the observer solution too. CPU runs are deterministic for a given seed.
+subset keeps the observer solution too. CPU runs are deterministic for a given seed when no time budget
+binds (``time_budget: 0``, or a budget larger than the learning takes).
 """
 from __future__ import annotations
 

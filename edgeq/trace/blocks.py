@@ -14,6 +14,9 @@ Kinds are read off the graph:
 - ``bridge``: conv units that feed the first attention unit of a transformer run or take its
   output back (the conv→transformer transitions where hybrids lose accuracy);
 - ``conv``: everything else.
+
+A flat graph (no module hierarchy: converted from ONNX, or a plain ``nn.Sequential`` of layers) is grouped
+from the graph instead: residual spans and chains (``flat_blocks``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx
 
+from .flat_blocks import graph_units, is_flat
 from .graphutil import get_attr
 
 aten = torch.ops.aten
@@ -87,9 +91,13 @@ def build_block_map(gm: fx.GraphModule) -> BlockMap:
     nodes = list(gm.graph.nodes)
     layers = OrderedDict((n.name, _layer(gm, n)) for n in nodes if n.target in LAYER_OPS)
     units = _unit_keys(nodes, layers)
+    flat = is_flat(layers)
+    if flat:   # no module hierarchy to group by: residual spans and chains from the graph
+        units, stem_layers, head_units = graph_units(nodes, layers, RESIDUAL_OPS, ATTENTION_OPS)
+    else:
+        stem_layers, head_units = _stem_layers(nodes, layers), set()
     segments = _contiguous(list(layers), units)
     attention_units = {units[n.name] for n in nodes if n.target in ATTENTION_OPS and n.name in units}
-    stem_layers = _stem_layers(nodes, layers)
     preds = _layer_predecessors(nodes)
     extra_macs = _attention_macs(nodes, units)
 
@@ -98,7 +106,11 @@ def build_block_map(gm: fx.GraphModule) -> BlockMap:
         kind = _kind(unit, members, layers, attention_units, stem_layers)
         blocks.append([seg_name, kind, members, unit])
     _mark_bridges(blocks, preds)
-    _mark_head(blocks, layers)
+    if flat:
+        for block in blocks:
+            block[1] = "head" if block[3] in head_units else block[1]
+    else:
+        _mark_head(blocks, layers)
 
     final_blocks, final_layers = [], OrderedDict()
     for seg_name, kind, members, unit in blocks:
