@@ -31,7 +31,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     ``drop_prob`` overrides, run on ``device`` and save their state after every block, so that a killed
     run continues with ``resume=True`` and ends with the same result. ``time_budget`` (seconds of learning)
     learns only the regions whose observer-only error is worth it, most harmful first, and stops a region
-    whose loss plateaus.
+    whose hard-rounded loss does not move.
 
     Fallback: ``max_drop`` (the drop of ``metric`` on ``eval_data``, in its units: top-1 pp by default for
     class labels, ``labels`` naming where they are when not in ``eval_data``) or ``min_cosine`` (output cosine vs

@@ -6,7 +6,7 @@ learned values) the default command runs as a user would type it, without the la
 seeded random images. Two variants:
   - ``w8a8``: the default recipe (reconstruction where it pays, within its time budget);
   - ``w8a8-every-region``: the worst case, every region learned (no NMSE threshold, no time budget), each
-    until its hard loss plateaus.
+    for every iteration unless its hard loss does not move at all.
 Each run is a separate process, so its peak resident memory (``ru_maxrss``) is its own. Rows go to
 ``reports/ptq.json`` and ``reports/ptq.md`` with the CPU and its ISA flags.
 """

@@ -90,7 +90,7 @@ def main():
 @click.option("--iters", type=int, help="Reconstruction iterations per block (default: the recipe's).")
 @click.option("--time-budget", type=float, help="Seconds of block learning, spent on the blocks whose observer-only "
                                                "output error is worth it, most harmful first; a block stops when "
-                                               "its hard-rounded loss plateaus (default: the recipe's; w8a8: 15). "
+                                               "its hard-rounded loss does not move (default: the recipe's; w8a8: 15). "
                                                "0: learn every block for every iteration (thorough, slow).")
 @click.option("--weight-lr", type=float, help="AdaRound learning rate (default: the recipe's).")
 @click.option("--act-lr", type=float, help="Activation step-size learning rate (default: the recipe's).")

@@ -111,7 +111,7 @@ class ReconSpec:
     time_budget: float = 0.0        # seconds of learning per model, most harmful regions first (0: no limit)
     learn_above: float = 0.0        # learn a region only when its observer-only output NMSE exceeds this
     patience: int = 0               # check the hard loss every this many steps; stop after two checks
-                                    # without a 1 % gain (0: never)
+                                    # when it is not 1 % below its start (0: never)
 
     def validate(self, where: str) -> "ReconSpec":
         for key in ("iterations", "batch_size"):
@@ -202,8 +202,8 @@ _EDGES_8BIT = (Override("kind:stem", weights=_W8, activations=_A8), Override("ki
 # At 8 bits most regions gain nothing from learning: learn those whose observer-only output error exceeds
 # NMSE 1e-3 (SQNR < 30 dB), most harmful first, within 15 s of learning (issue 12: about a minute at 224²).
 _WHERE_IT_PAYS = ReconSpec(time_budget=15.0, learn_above=1e-3, patience=50)
-# Below 8 bits nearly every region pays: learn them all, each until its hard loss stops improving.
-_EVERY_REGION = ReconSpec(patience=50)
+# Below 8 bits every region pays, and the hard loss keeps improving to the last iterations: learn them all.
+_EVERY_REGION = ReconSpec()
 
 BUILTIN = {
     "w8a8": Recipe(

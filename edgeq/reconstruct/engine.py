@@ -8,7 +8,7 @@ execution order (BRECQ):
   2. per activation quantizer, the candidate schemes (symmetric/asymmetric, per-tensor/per-channel for
      depthwise inputs) are compared by the region's output error, and the best one is kept;
   3. if the plan learns it, AdaRound variables and LSQ steps are trained (``train.py``) until the
-     iterations, a plateau of the hard-rounded loss, or the region's share of the budget;
+     iterations, a check that finds its hard-rounded loss not moving, or its share of the budget;
   4. the hard decisions are frozen, and the state is saved for ``--resume``.
 A region whose loss turns NaN/Inf falls back to observer-only quantization (round-to-nearest weights,
 observer steps) and the report says why; one where learning does not lower the loss on the evaluation
@@ -176,7 +176,7 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
                   spec: ReconSpec, seed: int, device: str, skip: str | None = None,
                   allowance: float | None = None) -> dict:
     """Scheme choice, then (unless ``skip`` gives the triage's reason) learning until the iterations, a
-    plateau or ``allowance`` seconds; the learned solution is kept only if it lowers the block loss."""
+    no-progress check or ``allowance`` seconds; the learned solution is kept only if it lowers the block loss."""
     start = time.perf_counter()
     n = len(quant_cache[region.inputs[0]])
     # a region that will not be learned is only measured on the scheme-choice samples

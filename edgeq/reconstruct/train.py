@@ -1,10 +1,12 @@
 """Learning one region: Adam on AdaRound rounding variables and LSQ activation steps, QDrop active.
 
 AdaRound's regulariser is annealed from ``beta_start`` to ``beta_end`` after the warm-up; it pushes the soft
-rounding towards 0/1 and so *raises* the soft reconstruction loss while it works. Whether learning still
-pays is therefore judged on what will be exported: every ``patience`` steps the hard-rounded region runs
-on a fixed probe batch, the best state so far is kept, and learning stops once two checks in a row failed
-to lower the best hard loss by 1 % (a plateau) or the time budget runs out. The best state is restored.
+rounding towards 0/1 and so *raises* the soft reconstruction loss while it works, and the hard-rounded loss
+(what is exported) often stays flat for a hundred steps before it improves again (measured on the zoo at
+4 bits). So every ``patience`` steps the hard-rounded region runs on a fixed probe batch, the best state so far
+is kept (and restored at the end), and learning stops early only when it does nothing: after
+``NO_PROGRESS_CHECKS`` checks the best hard loss is not 1 % below where it started (random-init models, easy
+8-bit regions); otherwise it runs to the iterations or its share of the time budget.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from .. import ui
 from ..quant.recipe import ReconSpec
 from .regions import Region, on_device
 
-MIN_GAIN = 0.01        # a check must lower the best hard loss by this fraction to count as progress
-CHECKS_WITHOUT_GAIN = 2
+MIN_GAIN = 0.01        # the hard loss must fall this fraction below its start to count as progress
+NO_PROGRESS_CHECKS = 2
 
 
 class NonFiniteLoss(Exception):
@@ -43,7 +45,7 @@ class _Probe:
         self.weights = [g[index].to(device) if g is not None else None for g in grads]
         self.params = [learners.weights[name].v for name in region.layers] + \
                       [learners.acts[name].scale for name in region.act_quantizers]
-        self.best_loss, self.best_step, self.best_state = float("inf"), 0, None
+        self.initial_loss, self.best_loss, self.best_state = float("inf"), float("inf"), None
 
     def loss(self) -> float:
         before, self.mode.value = self.mode.value, "hard"
@@ -54,11 +56,13 @@ class _Probe:
 
     def check(self, step: int) -> None:
         value = self.loss()
-        if value < self.best_loss * (1 - MIN_GAIN) or self.best_state is None:
-            self.best_loss, self.best_step = value, step
-            self.best_state = [p.detach().clone() for p in self.params]
-        elif value < self.best_loss:   # better, though not by enough to count as progress
+        if self.best_state is None:
+            self.initial_loss = value
+        if value < self.best_loss:
             self.best_loss, self.best_state = value, [p.detach().clone() for p in self.params]
+
+    def moved(self) -> bool:
+        return self.best_loss < (1 - MIN_GAIN) * self.initial_loss
 
     def restore_best(self) -> None:
         if self.best_state is not None and self.loss() > self.best_loss:
@@ -125,6 +129,6 @@ def _should_stop(probe: _Probe | None, done: int, patience: int, deadline: float
         return "time budget"
     if probe is not None and done % patience == 0:
         probe.check(done)
-        if done - probe.best_step >= CHECKS_WITHOUT_GAIN * patience:
-            return "plateau"
+        if done == NO_PROGRESS_CHECKS * patience and not probe.moved():
+            return "no progress"
     return None

@@ -8,9 +8,9 @@ reconstruction minimises) and measures
   - its output error as NMSE = ‖quantized − float‖² / ‖float‖² of the region's outputs, and
   - the time one learning step takes on it (forward in soft mode and backward), timed.
 Regions above ``learn_above`` are ranked by NMSE and planned, most harmful first, while the shortest useful
-run of each (two plateau checks, ``2 × patience`` steps) fits ``time_budget``; the others keep the observer
+run of each (two progress checks, ``2 × patience`` steps) fits ``time_budget``; the others keep the observer
 solution, and the manifest says which and why. While learning, a planned region may use what the budget has
-left after reserving the shortest runs of the planned regions after it, so regions that plateau early hand
+left after reserving the shortest runs of the planned regions after it, so regions that stop early hand
 their time on (``Budget``).
 """
 from __future__ import annotations
