@@ -81,7 +81,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     quant_cache = dict(float_cache)
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
     plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in float_cache.items()}, learners.mode, spec, device,
-                  static_batch or spec.batch_size)
+                  static_batch or spec.batch_size, fixed_batch=static_batch is not None)
     budget = Budget(plan)
     release_freed_memory()
     ui.log(plan.summary())

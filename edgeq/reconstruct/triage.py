@@ -60,9 +60,11 @@ class Triage:
                 "estimate_s": [round(v, 2) for v in self.estimate]}
 
 
-def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, eval_batch: int) -> Triage:
+def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, eval_batch: int,
+           fixed_batch: bool = False) -> Triage:
     """Measure every region on the evaluation subset ``inputs`` (placeholder name → tensor) and pick the
-    ones to learn. ``mode`` is the learners' Mode (float targets, hard = observer-only quantized)."""
+    ones to learn. ``mode`` is the learners' Mode (float targets, hard = observer-only quantized);
+    ``fixed_batch``: the program runs only at ``eval_batch``."""
     float_cache, quant_cache = dict(inputs), dict(inputs)
     n = len(next(iter(inputs.values())))
     nmse, estimate = [], []
@@ -74,7 +76,9 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
         value = error / max(energy, 1e-30)
         nmse.append(value if math.isfinite(value) else math.inf)   # non-finite outputs: learn (or fall back) first
         worth = not spec.learn_above or nmse[-1] > spec.learn_above
-        estimate.append(spec.iterations * _step_seconds(region, quant_cache, mode, min(spec.batch_size, n), device)
+        batch = min(spec.batch_size, n)
+        timed = batch if fixed_batch else min(TIMED_BATCH, batch)
+        estimate.append(spec.iterations * _step_seconds(region, quant_cache, mode, timed, device) * batch / timed
                         if worth else 0.0)
         for name, f, q in zip(region.outputs, targets, outputs):
             float_cache[name], quant_cache[name] = f, q
@@ -99,10 +103,10 @@ TIMED_BATCH = 8   # a learning step is timed on a few samples and scaled (a full
 
 
 def _step_seconds(region, cache, mode, batch: int, device: str) -> float:
-    """One learning step's forward and backward, timed (the second of two: the first warms up)."""
+    """One learning step's forward and backward on ``batch`` samples, timed (the second of two: the first
+    warms up)."""
     mode.value, mode.generator = "soft", torch.Generator(device=device).manual_seed(0)  # QDrop's draws
-    few = min(TIMED_BATCH, batch)
-    inputs = [on_device(cache[k][:few], device) for k in region.inputs]
+    inputs = [on_device(cache[k][:batch], device) for k in region.inputs]
     seconds = 0.0
     for _ in range(2):
         start = time.perf_counter()
@@ -112,7 +116,7 @@ def _step_seconds(region, cache, mode, batch: int, device: str) -> float:
             loss.backward()   # into the learners' .grad, which every optimizer step clears first
         seconds = time.perf_counter() - start
     mode.value, mode.generator = "hard", None
-    return seconds * batch / few
+    return seconds
 
 
 class Budget:
