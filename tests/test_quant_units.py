@@ -110,6 +110,14 @@ def test_recipe_overrides_first_match_wins():
     assert recipe.resolve("linear", "head", "linear") == (recipe.weights, recipe.activations)
 
 
+def test_recipe_inherits_the_base_overrides_unless_it_gives_its_own():
+    """A recipe based on w4a8 that only changes reconstruction keeps w4a8's 8-bit stem and head."""
+    tuned = recipe_from_dict({"edgeq_recipe": 1, "base": "w4a8", "reconstruction": {"patience": 50}})
+    assert tuned.overrides == BUILTIN["w4a8"].overrides and tuned.resolve("c", "stem.conv", "conv", "stem")[0].bits == 8
+    own = recipe_from_dict({"edgeq_recipe": 1, "base": "w4a8", "overrides": []})
+    assert own.overrides == () and own.resolve("c", "stem.conv", "conv", "stem")[0].bits == 4
+
+
 @pytest.mark.parametrize("bad,fragment", [
     ({"edgeq_recipe": 1, "weights": {"bits": 12}}, "bits"),
     ({"edgeq_recipe": 1, "activations": {"observer": "magic"}}, "observer"),
