@@ -8,7 +8,7 @@ seeded random images. Two variants:
   - ``w8a8-every-region``: the worst case, every region learned (no NMSE threshold, no time budget), each
     for every iteration unless its hard loss does not move at all.
 Each run is a separate process, so its peak resident memory (``ru_maxrss``) is its own. Rows go to
-``reports/ptq.json`` and ``reports/ptq.md`` with the CPU and its ISA flags.
+``reports/ptq.json`` and ``reports/ptq.md`` (merged with the rows there) with the CPU and its ISA flags.
 """
 from __future__ import annotations
 
@@ -95,8 +95,14 @@ def _child(name: str, recipe: str, data: str, out: str) -> dict:
 
 
 def _write_report(out_dir: Path, rows: list[dict]) -> str:
+    """Merged with the rows already there: a run of some models or variants replaces only those."""
+    path = out_dir / "ptq.json"
+    kept = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    fresh = {(r["model"], r["variant"]) for r in rows}
+    merged = [r for r in kept if (r["model"], r["variant"]) not in fresh] + rows
     report = {"suite": "ptq", "samples": PTQ_SAMPLES, "input_shape": [1, *PTQ_SHAPE], "machine": machine(),
-              "rows": rows}
+              "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "rows": sorted(merged, key=lambda r: (r["model"], r["variant"]))}
     write_text_atomic(out_dir / "ptq.json", json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
     write_text_atomic(out_dir / "ptq.md", markdown)
@@ -107,7 +113,9 @@ def to_markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# edgeq quantize at {report['input_shape'][2]}x{report['input_shape'][3]}, "
              f"{report['samples']} calibration images (no latency search)", "",
-             f"Machine: {m['processor']} ({m['cpu_count']} cores; ISA: {', '.join(m['isa']) or 'unknown'}).", "",
+             f"Machine: {m['processor']} ({m['cpu_count']} cores; ISA: {', '.join(m['isa']) or 'unknown'}); "
+             f"written {report.get('generated', '?')}. Each row is one `edgeq quantize` process: PTQ s is its "
+             "quantize stage, process wall s includes start-up and imports.", "",
              "| model | variant | PTQ s | reconstruction s | learning s | regions learned | steps | peak MB | "
              "process wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

@@ -33,7 +33,7 @@ class Region:
 
 def run_region(region: Region, cache: dict, mode, value: str, batch_size: int, device: str) -> list[torch.Tensor]:
     """Region outputs for every cached sample, with the learners' ``mode`` set to ``value`` (float, hard or
-    soft), in batches of ``batch_size``, back on the CPU in the cache's storage type (``compact``)."""
+    soft), in batches of ``batch_size``, back on the CPU in the caches' storage type (float16, see below)."""
     mode.value = value
     n = len(cache[region.inputs[0]])
     results: list[torch.Tensor] = []
