@@ -98,6 +98,8 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
                                    [grads.get(o) for o in region.outputs], spec, seed, device,
                                    None if learn else plan.reason_skipped(i), budget.allowance(i))
             report["nmse_observers"] = rounded_nmse(plan.nmse[i])
+            if not learn:
+                report["skipped"] = plan.skip_label(i)
             budget.spend(report.get("learn_seconds", 0.0))
             if state is not None:
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
@@ -130,9 +132,7 @@ def _summary_line(i: int, total: int, report: dict) -> str:
         stopped = f", stopped: {report['stopped']}" if report.get("stopped") else ""
         return (f"{head} learned, loss {report['loss_observers']:.4g} -> {report['loss_learned']:.4g} "
                 f"({nmse}{report['iterations']} steps{stopped}, {report['seconds']} s)")
-    reason = report.get("reason", "")
-    short = ("not worth learning" if "would not pay" in reason else "over the time budget" if "budget" in reason
-             else reason.split(";")[0])
+    short = report.get("skipped") or report.get("reason", "").split(";")[0]
     return f"{head} {report['status']} ({nmse}{short}, {report['seconds']} s)"
 
 

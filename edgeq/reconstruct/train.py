@@ -54,7 +54,7 @@ class _Probe:
         self.mode.value = before
         return value
 
-    def check(self, step: int) -> None:
+    def check(self) -> None:
         value = self.loss()
         if self.best_state is None:
             self.initial_loss = value
@@ -87,7 +87,7 @@ def train_region(i: int, region: Region, learners, quant_cache, targets, grads, 
                    torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:batch], device) \
         if spec.patience else None
     if probe is not None:
-        probe.check(0)
+        probe.check()
     warm = int(spec.warmup * spec.iterations)
     done, stopped = 0, None
     with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
@@ -128,7 +128,7 @@ def _should_stop(probe: _Probe | None, done: int, patience: int, deadline: float
     if deadline is not None and time.perf_counter() > deadline:
         return "time budget"
     if probe is not None and done % patience == 0:
-        probe.check(done)
+        probe.check()
         if done == NO_PROGRESS_CHECKS * patience and not probe.moved():
             return "no progress"
     return None

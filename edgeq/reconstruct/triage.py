@@ -45,6 +45,9 @@ class Triage:
         return (f"output NMSE {self.nmse[i]:.2e}, but learning it (at least {self.shortest[i]:.0f} s) did not fit "
                 f"the {self.time_budget:.0f} s time budget after more harmful regions; kept the observer ranges")
 
+    def skip_label(self, i: int) -> str:
+        return "not worth learning" if not self.worth(i) else "over the time budget"
+
     def summary(self) -> str:
         worth = sum(self.worth(i) for i in range(len(self.nmse)))
         budget = f"within {self.time_budget:.0f} s of learning" if self.time_budget else "without a time limit"
