@@ -17,7 +17,7 @@ from edgeq.bundle import float_graph, read_bundle
 from edgeq.quant.fakequant import quantize_int
 from edgeq.quant.observers import QParams, compute_qparams
 from edgeq.quant.recipe import LayerSpec
-from edgeq.reconstruct.learners import AdaRound, LearnedStep, Mode
+from edgeq.reconstruct.learners import AdaRound, LearnedStep, Mode, _qdrop_mask
 from edgeq.reconstruct.state import resume_dir
 from edgeq.trace.graphutil import get_attr
 
@@ -80,6 +80,41 @@ def test_lsq_gradient_matches_numerical_derivative():
     numeric = (surrogate(s0 + eps) - surrogate(s0 - eps)) / (2 * eps)
     factor = 1.0 / np.sqrt(x.numel() * 255)  # LSQ gradient scaling
     assert grad == pytest.approx(numeric * factor, rel=1e-3)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_fused_lsq_with_qdrop_matches_plain_autograd(axis):
+    """The fused quantizer (QDrop's mask inside LSQ's node) gives the gradients that the same formula written
+    with autograd-tracked steps gives: straight-through rounding, LSQ's scaled step, QDrop's where."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5) * 3).requires_grad_(True)
+    scale = torch.tensor([0.05, 0.08, 0.11]) if axis == 1 else torch.tensor([0.05])
+    zp = torch.tensor([128, 120, 131], dtype=torch.int32) if axis == 1 else torch.tensor([128], dtype=torch.int32)
+    step = LearnedStep(QParams(scale, zp, 0, 255, axis), Mode(), "label")
+    keep = torch.rand(x.shape) < 0.5
+    upstream = torch.randn(x.shape)
+    (step.quantize(x, keep) * upstream).sum().backward()
+
+    shape = [1, 3, 1] if axis == 1 else [1, 1, 1]
+    xr = x.detach().clone().requires_grad_(True)
+    sr = scale.clone().requires_grad_(True)
+    gs = 1.0 / np.sqrt(x.numel() / scale.numel() * 255)
+    s = (sr * gs + (sr - sr * gs).detach()).view(shape)   # LSQ: value s, gradient scaled by gs
+    z = zp.float().view(shape)
+    scaled = xr / s
+    rounded = scaled + (scaled.round() - scaled).detach()  # straight-through round
+    reference = torch.where(keep, xr, (torch.clamp(rounded + z, 0, 255) - z) * s)
+    (reference * upstream).sum().backward()
+    assert torch.allclose(x.grad, xr.grad)
+    assert torch.allclose(step.scale.grad, sr.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_qdrop_mask_keeps_about_the_given_fraction():
+    generator = torch.Generator().manual_seed(0)
+    for prob in (0.5, 0.2):
+        mask = _qdrop_mask((8, 16, 32, 32), prob, generator)
+        assert mask.dtype == torch.bool and mask.shape == (8, 16, 32, 32)
+        assert abs(float(mask.float().mean()) - prob) < 0.01
 
 
 def test_quantizer_round_trip_clamping_and_all_positive_zero_point():

@@ -34,6 +34,7 @@ from ..quant.recipe import ReconSpec
 from ..trace.blocks import BlockMap
 from ..trace.graphutil import set_param
 from .learners import AdaRound, LearnedStep, Mode
+from .caches import Caches
 from .regions import Region, on_device, plan_regions, run_region
 from .state import ResumeState
 from .train import NonFiniteLoss, block_loss, train_region
@@ -77,24 +78,28 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     arrays = (x,) if isinstance(x, np.ndarray) else tuple(x)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    float_cache = dict(zip(placeholders, inputs))
-    quant_cache = dict(float_cache)
+    model_inputs = dict(zip(placeholders, inputs))
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
-    plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in float_cache.items()}, learners.mode, spec, device,
+    plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in model_inputs.items()}, learners.mode, spec, device,
                   static_batch or spec.batch_size, fixed_batch=static_batch is not None)
     budget = Budget(plan)
     release_freed_memory()
     ui.log(plan.summary())
+    caches = Caches(model_inputs, _small_size(len(inputs[0]), static_batch), learners.mode, spec.batch_size, device)
     reports = []
     loop_start = time.perf_counter()
     for i, region in enumerate(regions):
-        targets = run_region(region, float_cache, learners.mode, "float", spec.batch_size, device)
-        if state is not None and i < state.regions_done:
+        resumed = state is not None and i < state.regions_done
+        learn = not resumed and budget.allows(i)
+        if learn:
+            caches.catch_up()
+        floats, quants = (caches.full_float, caches.full_quant) if learn else (caches.small_float, caches.small_quant)
+        targets = run_region(region, floats, learners.mode, "float", spec.batch_size, device)
+        if resumed:
             report = state.data["regions"][i]
             _load_region(region, learners, gm, state, device)
         else:
-            learn = budget.allows(i)
-            report = _learn_region(i, region, learners, records, gm, quant_cache, targets,
+            report = _learn_region(i, region, learners, records, gm, quants, targets,
                                    [grads.get(o) for o in region.outputs], spec, seed, device,
                                    None if learn else plan.reason_skipped(i), budget.allowance(i))
             report["nmse_observers"] = rounded_nmse(plan.nmse[i])
@@ -105,11 +110,8 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
                              {name: _act_state(learners.acts[name]) for name in region.act_quantizers})
         reports.append(report)
-        outputs = run_region(region, quant_cache, learners.mode, "hard", spec.batch_size, device)
-        for name, f, q in zip(region.outputs, targets, outputs):
-            float_cache[name], quant_cache[name] = f, q
-        for name in [n for n in float_cache if region.last_use.get(n, -1) <= i]:
-            float_cache.pop(name), quant_cache.pop(name)
+        outputs = run_region(region, quants, learners.mode, "hard", spec.batch_size, device)
+        (caches.advance_full if learn else caches.advance_small)(i, region, targets, outputs)
         release_freed_memory()
         eta = budget.eta(i, len(regions), time.perf_counter() - loop_start)
         ui.log(_summary_line(i, len(regions), report) + f" [ETA {eta:.0f} s]")
@@ -122,6 +124,13 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             "fallbacks": [r["name"] for r in reports if r["status"] == "fallback"],
             "kept_observers": [r["name"] for r in reports if r["status"] == "observers"],
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _small_size(n: int, static_batch: int | None) -> int:
+    """Samples the regions that are not learned run on: the scheme-choice samples, whole batches of a
+    fixed-batch program."""
+    batch = static_batch or 1
+    return min(n, -(-SCHEME_SAMPLES // batch) * batch)
 
 
 def _summary_line(i: int, total: int, report: dict) -> str:
@@ -187,15 +196,20 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
               "eval_samples": sub.stop}
     try:
         report["loss_observers"] = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        observed = _current_steps(region, learners)
         few = slice(0, SCHEME_SAMPLES)
         report["choices"] = _choose_schemes(region, learners, gm, [t[few] for t in eval_in],
                                             [t[few] for t in eval_tgt],
                                             [w[few] if w is not None else None for w in eval_w], device)
         chosen = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
+        if chosen > report["loss_observers"]:   # chosen on fewer samples, worse on the evaluation subset
+            _revert(region, learners, gm, records, observed, device)
+            chosen = report["loss_observers"]
+            report["choices_reverted"] = True
         if skip is not None:
             report.update(status="observers", reason=skip, loss_chosen=chosen, iterations=0)
             raise _Skipped
-        initial = {name: (learners.acts[name].qparams(), learners.acts[name].label) for name in region.act_quantizers}
+        initial = _current_steps(region, learners)
         learn_start = time.perf_counter()
         deadline = None if allowance is None else learn_start + allowance
         steps, stopped = train_region(i, region, learners, quant_cache, targets, grads, spec, seed, device, deadline)
@@ -223,6 +237,10 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
         if key in report and not math.isfinite(report[key]):
             report[key] = None
     return report
+
+
+def _current_steps(region: Region, learners: Learners) -> dict[str, tuple[QParams, str]]:
+    return {name: (learners.acts[name].qparams(), learners.acts[name].label) for name in region.act_quantizers}
 
 
 def _choose_schemes(region: Region, learners: Learners, gm, inputs, targets, weights, device) -> dict:

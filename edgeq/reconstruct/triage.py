@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .caches import stream
 from .regions import on_device, run_region
 
 
@@ -68,25 +69,22 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
     """Measure every region on the evaluation subset ``inputs`` (placeholder name → tensor) and pick the
     ones to learn. ``mode`` is the learners' Mode (float targets, hard = observer-only quantized);
     ``fixed_batch``: the program runs only at ``eval_batch``."""
-    float_cache, quant_cache = dict(inputs), dict(inputs)
     n = len(next(iter(inputs.values())))
-    nmse, estimate = [], []
-    for i, region in enumerate(regions):
-        targets = run_region(region, float_cache, mode, "float", eval_batch, device)
-        outputs = run_region(region, quant_cache, mode, "hard", eval_batch, device)
-        error = sum(float(((o.float() - t.float()) ** 2).sum()) for o, t in zip(outputs, targets))
-        energy = sum(float((t.float() ** 2).sum()) for t in targets)
-        value = error / max(energy, 1e-30)
-        nmse.append(value if math.isfinite(value) else math.inf)   # non-finite outputs: learn (or fall back) first
-        worth = not spec.learn_above or nmse[-1] > spec.learn_above
-        batch = min(spec.batch_size, n)
-        timed = batch if fixed_batch else min(TIMED_BATCH, batch)
-        estimate.append(spec.iterations * _step_seconds(region, quant_cache, mode, timed, device) * batch / timed
-                        if worth else 0.0)
-        for name, f, q in zip(region.outputs, targets, outputs):
-            float_cache[name], quant_cache[name] = f, q
-        for name in [k for k in float_cache if region.last_use.get(k, -1) <= i]:
-            float_cache.pop(name), quant_cache.pop(name)
+    error, energy = [0.0] * len(regions), [0.0] * len(regions)
+
+    def measure(i: int, targets, outputs) -> None:
+        error[i] += sum(float(((o.float() - t.float()) ** 2).sum()) for o, t in zip(outputs, targets))
+        energy[i] += sum(float((t.float() ** 2).sum()) for t in targets)
+
+    # batch by batch through every region: only one batch of the early, large values is alive at a time
+    stream(list(enumerate(regions)), inputs, inputs, mode, eval_batch, device, keep=[], visit=measure)
+    nmse = [e / max(s, 1e-30) for e, s in zip(error, energy)]
+    nmse = [v if math.isfinite(v) else math.inf for v in nmse]   # non-finite outputs: learn (or fall back) first
+    worth = [not spec.learn_above or v > spec.learn_above for v in nmse]
+    batch = min(spec.batch_size, n)
+    timed = batch if fixed_batch else min(TIMED_BATCH, batch)
+    seconds = _step_seconds_each(regions, {k: v[:timed] for k, v in inputs.items()}, worth, mode, timed, device)
+    estimate = [spec.iterations * t * batch / timed for t in seconds]
     fraction = min(1.0, 2 * spec.patience / spec.iterations) if spec.patience else 1.0
     result = Triage(nmse, estimate, [e * fraction for e in estimate], time_budget=spec.time_budget,
                     learn_above=spec.learn_above)
@@ -103,6 +101,20 @@ def triage(regions, inputs: dict[str, torch.Tensor], mode, spec, device: str, ev
 
 TIMED_BATCH = 8   # a learning step is timed on a few samples and scaled (a full batch's autograd graph of an
                  # early region at 224² holds about a gigabyte)
+
+
+def _step_seconds_each(regions, inputs: dict, wanted: list[bool], mode, batch: int, device: str) -> list[float]:
+    """Seconds of one learning step of each wanted region on ``batch`` samples (0 for the others); the regions
+    run in hard mode on those samples to pass their values on."""
+    cache, seconds = dict(inputs), []
+    for i, region in enumerate(regions):
+        seconds.append(_step_seconds(region, cache, mode, batch, device) if wanted[i] else 0.0)
+        outputs = run_region(region, cache, mode, "hard", batch, device)
+        for name, q in zip(region.outputs, outputs):
+            cache[name] = q
+        for name in [k for k in cache if region.last_use.get(k, -1) <= i]:
+            cache.pop(name)
+    return seconds
 
 
 def _step_seconds(region, cache, mode, batch: int, device: str) -> float:
