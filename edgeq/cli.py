@@ -346,7 +346,7 @@ def _print_profile(r: dict) -> None:
                    "ptq: seconds and peak memory of the default quantize at 224×224 (reports/ptq.md).")
 @click.option("--models", help="Comma-separated subset of the suite's models.")
 @click.option("--recipes", help="Comma-separated edgeq recipes (default: w8a8-fast,w8a8,w6a6,w4a8 on the zoo "
-                                "suite, w8a8-fast,w8a8 on the speed suite; ptq suite: w8a8,w8a8-every-region).")
+                                "suite, w8a8-fast,w8a8 on the speed suite; ptq suite: w8a8,w8a8-every-region; also w8a8-unbounded).")
 @click.option("--runs", default=200, show_default=True, type=int, help="Timed runs per variant.")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))

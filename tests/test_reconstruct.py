@@ -19,6 +19,7 @@ from edgeq.quant.observers import QParams, compute_qparams
 from edgeq.quant.recipe import LayerSpec
 from edgeq.reconstruct.learners import AdaRound, LearnedStep, Mode, _qdrop_mask
 from edgeq.reconstruct.state import resume_dir
+from edgeq.reconstruct.triage import Budget, Triage
 from edgeq.trace.graphutil import get_attr
 
 from conftest import TINY
@@ -309,3 +310,15 @@ def test_a_region_whose_hard_loss_does_not_move_stops_early(tmp_path, calib_npy)
     api.quantize(TINY, str(calib_npy), str(recipe), tmp_path / "s.edgeq", latency_search=False)
     regions = json.loads((tmp_path / "s.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]
     assert regions and all(r["iterations"] == 100 and r["stopped"] == "no progress" for r in regions), regions
+
+
+def test_budget_corrects_the_estimates_by_the_measured_step_time():
+    """Steps that take twice the triage's estimate double what the regions still to come are expected to need."""
+    plan = Triage(nmse=[0.1, 0.05, 0.02], estimate=[30.0, 30.0, 30.0], shortest=[10.0, 10.0, 10.0],
+                  selected={0, 1, 2}, time_budget=60.0, learn_above=1e-3)
+    budget = Budget(plan, iterations=300)
+    assert budget.allowance(0) == pytest.approx(40.0)   # 60 minus the shortest runs of regions 1 and 2
+    budget.spend(0, 20.0, 100)   # 100 steps were expected to take 10 s
+    assert budget.correction == pytest.approx(2.0)
+    assert budget.allowance(1) == pytest.approx(20.0)   # 60 - 20 spent - 2 × 10 reserved for region 2
+    assert budget.eta(0, 3, elapsed=20.0) == pytest.approx(40.0)   # 2 × 60 s planned, capped by what is left

@@ -82,7 +82,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
     grads = _output_gradients(gm, learners, regions, inputs, spec, device) if spec.objective == "fisher" else {}
     plan = triage(regions, {k: v[:EVAL_SAMPLES] for k, v in model_inputs.items()}, learners.mode, spec, device,
                   static_batch or spec.batch_size, fixed_batch=static_batch is not None)
-    budget = Budget(plan)
+    budget = Budget(plan, spec.iterations)
     release_freed_memory()
     ui.log(plan.summary())
     caches = Caches(model_inputs, _small_size(len(inputs[0]), static_batch), learners.mode, spec.batch_size, device)
@@ -105,7 +105,7 @@ def reconstruct(gm: fx.GraphModule, records: dict[str, LayerQuant], block_map: B
             report["nmse_observers"] = rounded_nmse(plan.nmse[i])
             if not learn:
                 report["skipped"] = plan.skip_label(i)
-            budget.spend(report.get("learn_seconds", 0.0))
+            budget.spend(i, report.get("learn_seconds", 0.0), report.get("iterations", 0))
             if state is not None:
                 state.record(report, {name: learners.weights[name].hard_int() for name in region.layers},
                              {name: _act_state(learners.acts[name]) for name in region.act_quantizers})
