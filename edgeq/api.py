@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, CalibrationError
 from .fsutil import check_output
+from .target import DEFAULT_TARGET, get_target
 
 EXPORT_TARGETS = ("onnx", "tensorrt", "coreml")
 CHECK_TARGETS = ("tensorrt",)
@@ -18,7 +19,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              weight_lr: float | None = None, act_lr: float | None = None, drop_prob: float | None = None,
              device: str = "cpu", resume: bool = False, force: bool = False,
              max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
-             eval_size: int = 2000, target: str = "ort-cpu", latency_search: bool | None = None,
+             eval_size: int = 2000, target: str = DEFAULT_TARGET, latency_search: bool | None = None,
              placement_from: str | None = None, dynamic: str | tuple | None = None,
              metric: "MetricChoice | None" = None, labels: str | None = None,
              time_budget: float | None = None) -> dict:
@@ -43,14 +44,13 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     """
     from .fallback.run import FallbackRun, best_effort_path, read_placement
     from .models.intake import load_model, parse_dynamic, parse_input_shape
-    from .profile.targets import get_target
     from .quant.pipeline import quantize_model
 
     out = check_output(out, force, is_dir=True)
     rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob, time_budget)
     device = check_device(device)
     budget = _check_budget(max_drop, min_cosine, eval_data, eval_size, metric, labels)
-    get_target(target)
+    target = get_target(target).name   # an unknown target is one sentence before any work
     placement = read_placement(placement_from) if placement_from else None
     if budget is not None:
         check_output(best_effort_path(out), force, is_dir=True)
@@ -393,39 +393,30 @@ def quantizable_summary(op_counts: dict) -> dict:
 
 def evaluate(artifact: str | Path, data: str = "zoo:test", *, limit: int | None = None,
              reference: str | None = None, threads: int | None = None, metric: MetricChoice | None = None,
-             labels: str | None = None) -> dict:
-    """``metric`` (default: top-1 for class labels) on ``data`` (``labels`` when stored elsewhere), and
-    fidelity to FP32 per output."""
+             labels: str | None = None, target: str = DEFAULT_TARGET) -> dict:
+    """``metric`` (default: top-1 for class labels) on ``data`` (``labels`` when stored elsewhere), run by
+    ``target``'s runtime, and fidelity to FP32 per output."""
     from .evaluate import evaluate_artifact
+    get_target(target)
     if metric is not None:
         metric.load()   # a bad metric is one sentence before any inference
-    return evaluate_artifact(artifact, data, limit, reference, threads, metric, labels)
+    return evaluate_artifact(artifact, data, limit, reference, threads, metric, labels, target)
 
 
-def profile(artifact: str | Path, *, threads: int = 2, runs: int = 100, warmup: int = 10,
-            batch: int = 1, target: str = "ort-cpu", ops: bool = False) -> dict:
-    """Latency of one artifact on ``target`` (warm-up, then p50/p90/p99 over ``runs``); with ``ops``, also
-    the time per op type and the kernel the runtime picked, from the runtime's own profiler."""
-    from .envinfo import machine, package_versions
-    from .export.onnx import onnx_in, read_artifact
-    from .profile.latency import measure_interleaved
+def profile(artifact: str | Path, *, threads: int | None = None, runs: int = 100, warmup: int = 10,
+            batch: int | None = None, target: str = DEFAULT_TARGET, ops: bool = False) -> dict:
+    """A versioned Measurement of one artifact on ``target`` (``profile/measure.py``): per batch size the
+    target lists (or ``batch``), percentiles, throughput, load time, memory and the raw samples; the
+    device fingerprint. With ``ops``, also the time per op type and the kernel the runtime picked."""
+    from .profile.measure import measure
 
-    if runs <= 0 or warmup < 0 or threads <= 0 or batch <= 0:
-        raise ArtifactError("--runs, --threads and --batch must be positive and --warmup not negative.")
-    artifact = onnx_in(artifact)
-    record = read_artifact(artifact)
-    m = measure_interleaved({"model": artifact}, runs=runs, warmup=warmup, batch=batch, threads=threads,
-                            target=target)["model"]
-    result = {"artifact": str(artifact), "precision": record.get("precision"), **m.to_dict(),
-              "env": {"machine": machine(), **package_versions(("onnxruntime", "openvino"))}}
-    if ops:
-        from .profile.ort_cpu import example_shapes, random_input
-        from .profile.targets import get_target
-        x = random_input(artifact, _onnx_shape(artifact), batch, 0, (example_shapes(artifact) or [None])[0])
-        result["ops"] = get_target(target).ops(artifact, x, max(5, min(runs, 50)), threads)
+    result = measure(artifact, target, runs, warmup, [batch] if batch is not None else None, threads)
+    if ops and result["measured"]:
+        from .runtimes.base import onnx_file
+        from .runtimes.feeds import example_shapes, random_input
+        from .runtimes.ort import input_info, session
+        path = onnx_file(artifact)
+        first = result["batches"][0]["batch"]
+        x = random_input(path, input_info(session(path))[1], first, 0, (example_shapes(path) or [None])[0])
+        result["ops"] = get_target(target).plugin.ops(path, x, max(5, min(runs, 50)), result["threads"])
     return result
-
-
-def _onnx_shape(artifact) -> list:
-    from .profile.ort_cpu import input_info, session
-    return input_info(session(artifact))[1]

@@ -28,6 +28,7 @@ from . import ui
 from .envinfo import machine, package_versions
 from .errors import EdgeqError
 from .fsutil import write_text_atomic
+from .target import get_target
 
 ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
 SPEED_SUITE = ("mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "fastvit_t8", "edgenext_xx_small")
@@ -135,8 +136,9 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     return [_row(suite, name, k, artifacts[k], accuracy, latency, spec_in) for k in keys]
 
 
-RUNTIMES = ("ort", "openvino")
-TARGET_OF = {"ort": "ort-cpu", "openvino": "openvino-cpu"}
+BENCH_TARGETS = ("x86-cpu-ort", "x86-cpu-openvino")   # the CPU targets that run on this machine
+TARGET_OF = {get_target(t).runtime: t for t in BENCH_TARGETS}   # rows name the runtime
+RUNTIMES = tuple(TARGET_OF)
 
 
 def _variant_rank(variant: str, recipes: list[str]) -> int:
@@ -167,10 +169,10 @@ def _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit, metric) -> d
     from . import api
     from .data import load_data
     from .metrics import top1_agreement
-    from .profile.targets import get_target
+    from .profile.latency import open_session
 
     test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
-    outputs = {k: get_target(TARGET_OF[k[1]]).outputs(artifacts[k]["path"], test.samples) for k in keys}
+    outputs = {k: open_session(artifacts[k]["path"], TARGET_OF[k[1]], None, None)[1].run(test.samples) for k in keys}
     chosen = metric.load()
     result = {}
     for k in keys:

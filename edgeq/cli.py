@@ -9,6 +9,7 @@ import click
 
 from . import __version__
 from .errors import EdgeqError
+from .target import DEFAULT_TARGET
 
 
 def _emit(result: dict, as_json: bool, human) -> None:
@@ -104,8 +105,10 @@ def main():
                                                "(or the calibration data).")
 @click.option("--eval", "eval_data", help="Held-out data for the budget: zoo:test, an image folder, .npy or .npz.")
 @click.option("--eval-size", default=2000, show_default=True, type=int, help="Evaluation samples the budget uses.")
-@click.option("--target", default="ort-cpu", show_default=True,
-              help="Runtime whose measured latency decides the int8/float placement: ort-cpu or openvino-cpu.")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True,
+              help="Device target whose measured latency decides the int8/float placement: a name from "
+                   "targets/ (x86-cpu-ort, x86-cpu-openvino, …; ort-cpu and openvino-cpu still work) or a "
+                   "target YAML file.")
 @click.option("--no-latency-search", is_flag=True, help="Keep every unit the recipe quantizes in int8 (no timing).")
 @click.option("--placement-from", type=click.Path(), help="Apply the placement of another bundle (or its JSON), "
                                                           "e.g. one searched at the deployment resolution.")
@@ -289,14 +292,16 @@ def _sens_cell(m: dict) -> str:
               help="Image folder (class subfolders give labels), file.npz with x/y, file.npy, zoo:test.")
 @click.option("--limit", type=int, help="Evaluate only the first N samples.")
 @click.option("--reference", type=click.Path(), help="FP32 ONNX to compare outputs with (default: the bundle's).")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=int, help="Runtime threads (default: the runtime's).")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True,
+              help="Device target whose runtime runs the artifact (a targets/ name or YAML file).")
 @metric_options
 @command
-def eval_cmd(artifact, data, limit, reference, threads, metric, charset, blank, labels, as_json):
-    """A metric of an exported artifact in ONNX Runtime (top-1 for class labels), and fidelity vs FP32."""
+def eval_cmd(artifact, data, limit, reference, threads, target, metric, charset, blank, labels, as_json):
+    """A metric of an exported artifact run by a target's runtime (top-1 for class labels), and fidelity vs FP32."""
     from . import api
     result = api.evaluate(artifact, data, limit=limit, reference=reference, threads=threads,
-                          metric=_metric_choice(metric, charset, blank), labels=labels)
+                          metric=_metric_choice(metric, charset, blank), labels=labels, target=target)
     _emit(result, as_json, _print_eval)
 
 
@@ -318,24 +323,32 @@ def _print_eval(r: dict) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--threads", type=int, help="Runtime threads (default: the target's).")
 @click.option("--runs", default=100, show_default=True, type=int)
 @click.option("--warmup", default=10, show_default=True, type=int)
-@click.option("--batch", default=1, show_default=True, type=int)
-@click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu or openvino-cpu.")
+@click.option("--batch", type=int, help="One batch size (default: every batch size the target lists).")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True,
+              help="Device target: a targets/ name (x86-cpu-ort, x86-cpu-openvino, rpi4-ort, …) or YAML file.")
 @click.option("--ops", is_flag=True, help="Also show time per op type and the kernel the runtime chose.")
 @command
 def profile(artifact, threads, runs, warmup, batch, target, ops, as_json):
-    """Latency (p50/p90/p99) of an exported artifact on ONNX Runtime or OpenVINO CPU."""
+    """A Measurement of an exported artifact on a device target: percentiles, throughput, raw samples."""
     from . import api
     result = api.profile(artifact, threads=threads, runs=runs, warmup=warmup, batch=batch, target=target, ops=ops)
     _emit(result, as_json, _print_profile)
 
 
 def _print_profile(r: dict) -> None:
-    click.echo(f"{r['artifact']} on {r['target']}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
-               f"p99 {r['p99_ms']:.3f} ms (batch {r['batch']}, {r['threads']} threads, {r['runs']} runs after "
-               f"{r['warmup']} warm-up)")
+    target = r["target"]["name"]
+    if not r["measured"]:
+        click.echo(f"{r['artifact']} on {target}: not measured: {r['not_measured']}")
+        return
+    cpu = r["fingerprint"].get("processor", "?")
+    for b in r["batches"]:
+        click.echo(f"{r['artifact']} on {target} ({cpu}): batch {b['batch']}: p50 {b['p50_ms']:.3f} ms, p90 "
+                   f"{b['p90_ms']:.3f} ms, p99 {b['p99_ms']:.3f} ms, {b['throughput_per_s']:.1f}/s "
+                   f"({r['threads'] or 'default'} threads, {r['runs']} runs after {r['warmup']} warm-up; "
+                   f"load {b['load_seconds']} s)")
     for op, info in (r.get("ops") or {}).items():
         click.echo(f"  {info['ms']:8.3f} ms  {info['nodes']:4d} x  {op}")
 

@@ -1,4 +1,4 @@
-"""Evaluate an exported artifact in ONNX Runtime, or a bundle's fake-quant torch model: a metric (top-1 for
+"""Evaluate an exported artifact with a target's runtime (ONNX Runtime by default), or a bundle's fake-quant torch model: a metric (top-1 for
 class labels by default, or any built-in / user metric), and fidelity to FP32, per output, whenever known."""
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from .errors import ArtifactError, CalibrationError
 from .export.onnx import onnx_in, read_artifact
 from .metrics import compare_outputs
 from .models.intake import InputSpec
-from .profile import ort_cpu
+from .profile.latency import open_session
+from .runtimes import ort as ort_cpu
+from .target import DEFAULT_TARGET, get_target
 from .quant.pipeline import run_graph
 
 
@@ -20,25 +22,26 @@ def input_specs_of(record: dict, sess) -> list[InputSpec]:
         return [InputSpec.from_dict(d) for d in record["inputs"]]
     if record.get("input"):
         return [InputSpec.from_dict(record["input"])]
-    return [InputSpec(tuple(d if isinstance(d, int) else 1 for d in i.shape), name=i.name,
-                      dtype="int64" if "int" in i.type else "float32") for i in sess.get_inputs()]
+    return [InputSpec(tuple(d if isinstance(d, int) else 1 for d in shape), name=name,
+                      dtype="int64" if "int" in kind else "float32") for name, shape, kind in sess.input_info]
 
 
 def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
                       reference: str | None = None, threads: int | None = None, metric=None,
-                      labels: str | None = None) -> dict:
+                      labels: str | None = None, target: str = DEFAULT_TARGET) -> dict:
     """``metric``: a MetricChoice (default: top-1 for class labels, output fidelity only otherwise)."""
     artifact = onnx_in(artifact)
     if Path(artifact).is_dir():
         return evaluate_bundle(artifact, data, limit, metric, labels)
     record = read_artifact(artifact)
-    sess = ort_cpu.session(artifact, threads)
+    target_name, sess = open_session(artifact, target, None, threads)
     dataset = load_data(data, input_specs_of(record, sess), limit=limit, default_split="test",
                         what="evaluation", labels=labels)
     start = time.perf_counter()
-    outputs = ort_cpu.run(sess, dataset.samples)
+    outputs = sess.run(dataset.samples)
     seconds = time.perf_counter() - start
-    result = {"artifact": str(artifact), "precision": record.get("precision"), "runtime": "onnxruntime",
+    result = {"artifact": str(artifact), "precision": record.get("precision"), "target": target_name,
+              "runtime": get_target(target_name).runtime,
               "data": dataset.source, "samples": len(dataset), "seconds": round(seconds, 2)}
     ref = _reference_outputs(record, dataset.samples, reference, threads)
     return _scores(result, artifact, outputs, dataset, ref, metric)

@@ -42,7 +42,7 @@ def test_zoo_quantize_export_eval_profile(tmp_path):
     assert result["drop_pp"] <= 1.0, result
     assert result["vs_fp32"]["cosine"] > 0.99
     prof = edgeq("profile", tmp_path / "int8.onnx", "--runs", "30", "--warmup", "3")
-    assert prof["p50_ms"] > 0 and prof["batch"] == 1
+    assert prof["batches"][0]["p50_ms"] > 0 and prof["batches"][0]["batch"] == 1
 
 
 def test_inspect_zoo_json():

@@ -12,7 +12,8 @@ from edgeq.bundle import float_graph, quantized_graph, read_bundle
 from edgeq.cli import main
 from edgeq.fallback.surgery import float_units, scope
 from edgeq.metrics import cosine
-from edgeq.profile import openvino_cpu, ort_cpu
+from edgeq.profile.latency import open_session
+from edgeq.runtimes import ort as ort_cpu
 
 from conftest import TESTS
 
@@ -134,16 +135,16 @@ def test_placement_keeps_slow_depthwise_region_float(tmp_path):
     r = api.quantize(DEPTHWISE, str(calib), "w8a8", out, iters=2, batch_size=8)
     manifest = json.loads((out / "manifest.json").read_text())
     placement = manifest["fallback"]["placement"]
-    assert placement["target"] == "ort-cpu" and placement["steps"], placement
+    assert placement["target"] == "x86-cpu-ort" and placement["steps"], placement
     dw = {n: d for n, d in manifest["layers"].items() if d["op"] == "dwconv"}
     assert len(dw) == 3
-    assert all(not d["quantized"] and d["reason"].startswith("latency on ort-cpu") for d in dw.values()), \
+    assert all(not d["quantized"] and d["reason"].startswith("latency on x86-cpu-ort") for d in dw.values()), \
         json.dumps(placement["steps"], indent=1)
     # every decision is listed: each float layer has a reason, each step its two timings
     for d in manifest["layers"].values():
         assert d["reason"]
     assert all({"int8_ms", "float_ms", "decision"} <= set(s) for s in placement["steps"])
-    assert r["fallback"]["target"] == "ort-cpu"
+    assert r["fallback"]["target"] == "x86-cpu-ort"
     # the latency cache makes the same search replay without measuring
     again = tmp_path / "d2.edgeq"
     api.quantize(DEPTHWISE, str(calib), "w8a8", again, iters=2, batch_size=8)
@@ -178,10 +179,11 @@ def test_openvino_target_runs_the_same_onnx(tmp_path, tiny_bundle, calib_npy):
     x = np.load(calib_npy)[:16]
     for name in ("f.onnx", "q.onnx"):
         ort_out = ort_cpu.run(ort_cpu.session(tmp_path / name), x)[0]
-        ov_out = openvino_cpu.run(openvino_cpu.compile_model(tmp_path / name, 2), x)[0]
+        ov_out = open_session(tmp_path / name, "openvino-cpu", None, 2)[1].run(x)[0]
         assert cosine(ort_out, ov_out) > 0.999, name
     r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, target="openvino-cpu", batch=2, ops=True)
-    assert r["target"] == "openvino-cpu" and r["batch"] == 2 and r["p50_ms"] > 0
+    assert r["target"]["name"] == "x86-cpu-openvino" and r["target"]["runtime"] == "openvino"
+    assert [b["batch"] for b in r["batches"]] == [2] and r["batches"][0]["p50_ms"] > 0
     assert any("I8" in info["kernel"] for info in r["ops"].values()), r["ops"]  # int8 kernels were picked
     r = api.profile(tmp_path / "q.onnx", runs=5, warmup=1, ops=True)
     assert {"MatMulIntegerToFloat", "DequantizeLinear"} <= set(r["ops"]), r["ops"]

@@ -73,10 +73,10 @@ def test_per_channel_is_offered_only_where_ort_fusion_accepts_it(fused_graph):
 
 
 def test_reconstruction_placement_and_export_run_in_onnxruntime(tmp_path, calib):
-    from edgeq.profile import ort_cpu
+    from edgeq.runtimes import ort as ort_cpu
     out = tmp_path / "f.edgeq"
     result = api.quantize(FUSED, str(calib), "w8a8", out, target="ort-cpu", **FAST)
-    assert result["fallback"]["target"] == "ort-cpu" and result["fallback"]["placement"]
+    assert result["fallback"]["target"] == "x86-cpu-ort" and result["fallback"]["placement"]
     m = json.loads((out / "manifest.json").read_text())
     dw_c = next(name for name, d in m["layers"].items() if d["module"] == "dw_c")
     per_channel = {(r["name"], name) for r in m["reconstruction"]["regions"] for name, c in r["choices"].items()

@@ -102,8 +102,12 @@ def test_eval_without_labels_uses_reference(tiny_onnx, calib_npy):
 
 def test_profile_reports_percentiles(tiny_onnx):
     result = api.profile(tiny_onnx["int8"]["path"], runs=20, warmup=2, threads=1)
-    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
-    assert result["runs"] == 20
+    assert result["schema"] == "edgeq.measurement/1" and result["measured"] and result["runs"] == 20
+    assert [b["batch"] for b in result["batches"]] == [1, 8]   # the default target's batch sizes
+    for b in result["batches"]:
+        assert 0 < b["p50_ms"] <= b["p90_ms"] <= b["p99_ms"] and len(b["samples_ms"]) == 20
+        assert b["throughput_per_s"] == pytest.approx(b["batch"] * 1000 / b["mean_ms"], rel=0.01)
+    assert result["fingerprint"]["onnxruntime"] and result["bytes"] > 0
 
 
 def test_calibration_from_image_folder(tiny_spec, tmp_path):

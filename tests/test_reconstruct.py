@@ -256,7 +256,7 @@ def test_fisher_objective_and_recipe_knobs(tmp_path):
 def test_depthwise_into_conv_exports_and_runs_in_onnxruntime(tmp_path):
     """Per-channel input scales are not offered where the dwconv output is requantized: ORT would fuse
     DQ→Conv→Q into QLinearConv, which rejects per-channel input zero-points (fastvit_t8 crashed on it)."""
-    from edgeq.profile import ort_cpu
+    from edgeq.runtimes import ort as ort_cpu
     spec = f"{os.path.dirname(__file__)}/tiny_models.py:depthwise_into_conv"
     data = tmp_path / "c.npy"
     np.save(data, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import ArtifactError
-from ..profile import ort_cpu
+from ..runtimes import ort as ort_cpu
 from .qdq import count_ops
 
 TOLERANCE = 1e-4   # max abs output difference, relative to the output's magnitude where that exceeds 1

@@ -25,7 +25,8 @@ from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
 from ..errors import ArtifactError, OutputError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
-from ..profile import ort_cpu
+from ..runtimes import ort as ort_cpu
+from ..runtimes.base import onnx_file
 from ..quant import meta_kernels
 from ..quant.pipeline import run_graph
 from ..trace.capture import dynamic_shapes
@@ -183,12 +184,7 @@ def _conversion_error(exc: Exception) -> str:
     return f"torch's ONNX exporter failed: {(text.splitlines() or [type(exc).__name__])[0][:200]}."
 
 
-def onnx_in(path: str | Path) -> Path:
-    """An ONNX artifact path; an ``edgeq export --to tensorrt`` folder stands for the model.onnx inside it."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.onnx").is_file() and not (path / "manifest.json").is_file():
-        return path / "model.onnx"
-    return path
+onnx_in = onnx_file   # an ``edgeq export --to tensorrt`` folder stands for the model.onnx inside it
 
 
 def read_artifact(path: str | Path) -> dict:

@@ -28,7 +28,7 @@ from ..bundle import require_plain_input, quantized_graph, read_bundle
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
-from ..profile import ort_cpu
+from ..runtimes import ort as ort_cpu
 from ..quant.pipeline import run_graph
 from .onnx import _batch, _export, bit_widths, float_layers, placement_note, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers

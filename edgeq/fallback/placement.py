@@ -26,10 +26,9 @@ from pathlib import Path
 import onnx
 
 from .. import ui
-from ..envinfo import machine
 from ..fsutil import write_text_atomic
 from ..profile.latency import Ratio
-from ..profile.targets import get_target
+from ..target import get_target
 from .surgery import float_units
 from .units import Unit
 
@@ -170,6 +169,13 @@ def structure_hash(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def fingerprint_key(fingerprint: dict) -> str:
+    """The device and runtime a timing is valid for (CPU model, ISA flags, cores, runtime versions), hashed:
+    a timing from another machine or runtime version is never replayed."""
+    kept = {k: v for k, v in fingerprint.items() if k not in ("python", "platform")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_CACHE_DIR", Path.home() / ".cache" / "edgeq")) / "latency"
 
@@ -179,11 +185,10 @@ class Timer:
     target) on disk."""
 
     def __init__(self, target: str, threads: int, batch: int):
-        self.target, self.threads, self.batch = target, threads, batch
-        get_target(target)
-        info = machine()
-        self.path = cache_dir() / f"{target}.json"
-        self.prefix = f"v2|{info.get('processor')}|{info.get('cpu_count')}|t{threads}|b{batch}"
+        found = get_target(target)
+        self.target, self.threads, self.batch = found.name, threads, batch
+        self.path = cache_dir() / f"{found.name}.json"
+        self.prefix = f"v3|{fingerprint_key(found.plugin.fingerprint())}|t{threads}|b{batch}"
         self.entries = self._load()
         self.hits = self.measured = 0
         self.seconds = 0.0

@@ -18,7 +18,7 @@ from .. import ui
 from ..data import Dataset
 from ..errors import BudgetError, EdgeqError, StageError
 from ..metrics import compare_outputs
-from ..profile.targets import DEFAULT_TARGET
+from ..target import DEFAULT_TARGET, get_target
 from . import budget as budget_search
 from . import placement, sensitivity
 from .outliers import BLOCK
@@ -158,6 +158,10 @@ class FallbackRun:
         with stage("latency placement"):
             if self.placement is not None:
                 result.report["placement"] = _apply_placement(self.placement, units, switch, result)
+            elif search and _cannot_search(self.target):
+                result.report["placement"] = {"target": self.target, "steps": [],
+                                              "verdict": f"not searched: {_cannot_search(self.target)}; "
+                                                         f"the recipe's placement is kept"}
             elif search:
                 result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
         if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
@@ -223,6 +227,14 @@ def _outliers(q, units: list[Unit], switch: FloatSwitch, result: FallbackResult)
             flagged.append(unit.name)
     return {"threshold": threshold, "block_channels": BLOCK, "flagged": flagged,
             "ratios": {name: s["ratio"] for name, s in q.outlier_stats.items()}}
+
+
+def _cannot_search(target: str) -> str | None:
+    """Why the latency search cannot time candidates for ``target`` here, or None."""
+    found = get_target(target)
+    if found.form != "onnx":
+        return f"the search times QDQ ONNX candidates, and {found.name} runs {found.form} artifacts"
+    return found.unavailable()
 
 
 def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets import get_target
+from ..runtimes.base import RuntimeUnavailable
+from ..target import DEFAULT_TARGET, get_target
 
 BLOCK = 5
 SETTLE_S = 0.02   # lets the previous model's worker threads stop spinning
@@ -39,7 +40,7 @@ class Measurement:
 
 
 def measure_interleaved(paths: dict[str, str | Path | tuple[str | Path, str]], runs: int = 100,
-                        warmup: int = 10, batch: int = 1, threads: int = 2, target: str = "ort-cpu",
+                        warmup: int = 10, batch: int = 1, threads: int | None = 2, target: str = DEFAULT_TARGET,
                         block: int = BLOCK) -> dict[str, Measurement]:
     """Latency of several models measured in alternating blocks, so machine noise hits all of them alike.
 
@@ -48,19 +49,32 @@ def measure_interleaved(paths: dict[str, str | Path | tuple[str | Path, str]], r
     workers, OpenVINO's) still hold the cores for a moment and would otherwise bill it to this model.
     """
     probes = _interleave(paths, runs, warmup, batch, threads, target, block)
-    return {key: probe.measurement(warmup) for key, probe in probes.items()}
+    return {key: Measurement.from_times(name, batch, threads or 0, probe.times, warmup)
+            for key, (name, probe) in probes.items()}
 
 
-def _interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int, target: str, block: int) -> dict:
+def open_session(path, target: str, batch: int, threads: int | None):
+    """The artifact loaded by ``target``'s runtime (one clear sentence when that runtime cannot run here)."""
+    found = get_target(target)
+    reason = found.unavailable()
+    if reason:
+        raise RuntimeUnavailable(f"cannot run on {found.name}: {reason}.")
+    return found.name, found.plugin.open(path, batch, threads, found.options)
+
+
+def _interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
+                block: int) -> dict:
+    """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks."""
     probes = {}
     for key, value in paths.items():
         path, tgt = value if isinstance(value, tuple) else (value, target)
-        probes[key] = get_target(tgt).probe(path, batch, threads)
-    for probe in probes.values():
+        probes[key] = open_session(path, tgt, batch, threads)
+    sessions = [session for _, session in probes.values()]
+    for probe in sessions:
         for _ in range(warmup):
             probe.step(record=False)
     for _ in range(math.ceil(runs / block)):
-        for probe in probes.values():
+        for probe in sessions:
             time.sleep(SETTLE_S)
             probe.step(record=False)
             for _ in range(block):
@@ -83,13 +97,13 @@ class Ratio:
 
 
 def compare(reference: str | Path, candidates: list[str | Path], runs: int, warmup: int = 3, batch: int = 1,
-            threads: int = 2, target: str = "ort-cpu", block: int = BLOCK, seed: int = 0) -> list[Ratio]:
+            threads: int | None = 2, target: str = DEFAULT_TARGET, block: int = BLOCK, seed: int = 0) -> list[Ratio]:
     """Each candidate against ``reference``, all interleaved. Blocks that ran back to back form pairs, so a
     slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs."""
     paths = {"ref": reference, **{f"c{i}": c for i, c in enumerate(candidates)}}
     probes = _interleave(paths, runs, warmup, batch, threads, target, block)
-    ref = _block_medians(probes["ref"].times, block)
-    return [_ratio(ref, _block_medians(probes[f"c{i}"].times, block), seed) for i in range(len(candidates))]
+    ref = _block_medians(probes["ref"][1].times, block)
+    return [_ratio(ref, _block_medians(probes[f"c{i}"][1].times, block), seed) for i in range(len(candidates))]
 
 
 def _block_medians(times: list[float], block: int) -> np.ndarray:

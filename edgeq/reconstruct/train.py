@@ -71,6 +71,18 @@ class _Probe:
                     p.copy_(saved)
 
 
+STEP_ELEMENTS = 1 << 22   # cached input + target elements per forward/backward pass of a learning step
+
+
+def micro_batches(region: Region, quant_cache, targets, batch: int) -> int:
+    """Passes a learning step is split into. An early region at 224² holds about a gigabyte of autograd
+    state at batch 32; split into passes of at most STEP_ELEMENTS cached elements, the step's gradient is
+    the same (accumulated), memory stays bounded, and each pass is faster per sample (cache-resident):
+    mobilevit_xxs stages.0.0, batch 32: 0.68 s in one pass, 0.57 s in two of 16."""
+    per_sample = sum(quant_cache[k][0].numel() for k in region.inputs) + sum(t[0].numel() for t in targets)
+    return max(1, min(batch, -(-batch * per_sample // STEP_ELEMENTS)))
+
+
 def train_region(i: int, region: Region, learners, quant_cache, targets, grads, spec: ReconSpec,
                  seed: int, device: str, deadline: float | None = None) -> tuple[int, str | None]:
     """Learn ``region`` in place; returns the steps run and why learning stopped early, if it did."""
@@ -83,6 +95,7 @@ def train_region(i: int, region: Region, learners, quant_cache, targets, grads, 
     sched_a = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=spec.iterations) if opt_a else None
     n = len(quant_cache[region.inputs[0]])
     batch = min(spec.batch_size, n)
+    chunks = micro_batches(region, quant_cache, targets, batch)
     probe = _Probe(region, learners, quant_cache, targets, grads,
                    torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:batch], device) \
         if spec.patience else None
@@ -93,21 +106,27 @@ def train_region(i: int, region: Region, learners, quant_cache, targets, grads, 
     with ui.progress(spec.iterations, f"  {region.name[:48]}") as update:
         for it in range(spec.iterations):
             idx = torch.randint(n, (batch,), generator=sampler)
-            learners.mode.value = "soft"
-            outs = region.module(*[on_device(quant_cache[k][idx], device) for k in region.inputs])
-            rec = block_loss(outs, [on_device(t[idx], device) for t in targets],
-                             [g[idx].to(device) if g is not None else None for g in grads])
-            loss = rec
-            if it >= warm and rounding and spec.round_weight > 0:
-                beta = spec.beta_end + (spec.beta_start - spec.beta_end) * max(
-                    0.0, 1 - (it - warm) / max(1, spec.iterations - warm))
-                loss = rec + spec.round_weight * sum(r.regularizer(beta) for r in rounding)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss at iteration {it}")
             for opt in (opt_w, opt_a):
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-            loss.backward()
+            learners.mode.value = "soft"
+            rec = 0.0
+            for part in idx.chunk(chunks):   # gradients accumulate: the same step as one batch
+                outs = region.module(*[on_device(quant_cache[k][part], device) for k in region.inputs])
+                part_loss = block_loss(outs, [on_device(t[part], device) for t in targets],
+                                       [g[part].to(device) if g is not None else None for g in grads])
+                part_loss = part_loss * (len(part) / batch)
+                if not torch.isfinite(part_loss):
+                    raise NonFiniteLoss(f"non-finite loss at iteration {it}")
+                part_loss.backward()
+                rec = rec + part_loss.detach()
+            if it >= warm and rounding and spec.round_weight > 0:
+                beta = spec.beta_end + (spec.beta_start - spec.beta_end) * max(
+                    0.0, 1 - (it - warm) / max(1, spec.iterations - warm))
+                regularizer = spec.round_weight * sum(r.regularizer(beta) for r in rounding)
+                if not torch.isfinite(regularizer):
+                    raise NonFiniteLoss(f"non-finite loss at iteration {it}")
+                regularizer.backward()
             for opt in (opt_w, opt_a):
                 if opt is not None:
                     opt.step()

@@ -161,6 +161,9 @@ class Budget:
 
     def allows(self, i: int) -> bool:
         if i in self.plan.selected:
+            if self.seconds and self.spent + self._shortest(i) > self.seconds:
+                self.plan.selected.discard(i)   # the estimates were low: the budget is a bound, not a wish
+                return False
             return True
         if not self.plan.worth(i) or not self.seconds:
             return False

@@ -1,4 +1,5 @@
-"""OpenVINO on the local CPU (optional extra ``openvino``): it reads the same QDQ ONNX as ONNX Runtime.
+"""OpenVINO on the local CPU (optional extra ``openvino``): the ``openvino`` runtime reads the same QDQ ONNX
+as ONNX Runtime.
 
 OpenVINO turns QuantizeLinear/DequantizeLinear pairs into FakeQuantize and runs int8 kernels where its
 low-precision transformations can move the quantization through an op, so the fast placement differs
@@ -11,16 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, EdgeqError
-from ..samples import Outputs, run_batches
-from .ort_cpu import LatencyProbe as _OrtProbe
-from .ort_cpu import random_feeds
+from .base import ArtifactForm, Runtime, Session, onnx_file
+from .feeds import random_feeds
 
 
 def _openvino():
     try:
         import openvino
     except ImportError:
-        raise EdgeqError('the openvino-cpu target needs OpenVINO: pip install "edgeq[openvino]".') from None
+        raise EdgeqError('the openvino runtime needs OpenVINO: pip install "edgeq[openvino]".') from None
     return openvino
 
 
@@ -50,34 +50,49 @@ def input_shape(compiled) -> list:
     return [d.get_length() if d.is_static else None for d in compiled.input(0).get_partial_shape()]
 
 
-def run(compiled, samples, batch_size: int = 64) -> Outputs:
-    """Outputs for all ``samples`` (batches padded to a fixed batch axis when the model has one)."""
-    request = compiled.create_infer_request()
+class OpenvinoSession(Session):
+    """f32 inference precision: no silent bf16/fp16 on CPUs that have them."""
 
-    def infer(arrays):
-        result = request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(arrays)})
-        return [np.array(result[out]) for out in compiled.outputs]
-    return run_batches(infer, samples, batch_size, input_shape(compiled)[0])
-
-
-class LatencyProbe(_OrtProbe):
-    """Times one OpenVINO inference per ``step()`` (f32 inference precision: no silent bf16/fp16)."""
-
-    target = "openvino-cpu"
-
-    def __init__(self, path: str | Path, batch: int = 1, threads: int = 2, seed: int = 0):
-        self.path = str(path)
-        self.threads = threads
-        self.batch = batch
+    def __init__(self, path: str | Path, batch: int | None = 1, threads: int | None = 2, seed: int = 0):
+        super().__init__()
+        self.path, self.batch, self.threads = str(path), batch, threads
         self.compiled = compile_model(path, threads, batch)
         self.request = self.compiled.create_infer_request()
-        inputs = [(i, [d.get_length() if d.is_static else None for d in port.get_partial_shape()],
-                   str(port.get_element_type())) for i, port in enumerate(self.compiled.inputs)]
-        self.feeds = random_feeds(path, inputs, batch, seed)
-        self.times: list[float] = []
+        self.fixed_batch = input_shape(self.compiled)[0]
+        self.input_info = [(port.get_any_name(), [d.get_length() if d.is_static else None
+                                                  for d in port.get_partial_shape()], str(port.get_element_type()))
+                           for port in self.compiled.inputs]
+        self.feeds = list(random_feeds(path, self.input_info, batch or self.fixed_batch or 1, seed).values())
 
-    def infer(self) -> None:
-        self.request.infer(self.feeds)
+    def infer(self, arrays) -> list[np.ndarray]:
+        result = self.request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        return [np.array(result[out]) for out in self.compiled.outputs]
+
+
+class OpenvinoRuntime(Runtime):
+    name = "openvino"
+    description = "OpenVINO, CPU plugin (f32 inference precision)"
+    form = ArtifactForm("onnx", "int8")
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return 'OpenVINO is not installed (pip install "edgeq[openvino]")'
+        return None
+
+    def versions(self) -> dict:
+        ov = _openvino()
+        return {"openvino": ov.get_version(), "devices": ov.Core().available_devices}
+
+    def accepts(self, form: str) -> bool:
+        return form in ("onnx", "tensorrt")   # a TensorRT export folder holds a QDQ model.onnx
+
+    def open(self, artifact, batch: int | None = 1, threads: int | None = None, options: dict | None = None) -> Session:
+        return OpenvinoSession(onnx_file(artifact), batch, threads)
+
+    def ops(self, artifact, x, runs: int, threads: int | None) -> dict[str, dict]:
+        return op_breakdown(artifact, x, runs, threads or 0)
 
 
 def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:
@@ -102,3 +117,6 @@ def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int =
             counts[key] = counts.get(key, 0) + 1
     return {f"{t} [{k}]": {"ms": round(ms, 3), "nodes": counts[(t, k)] // runs, "kernel": k}
             for (t, k), ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+RUNTIME = OpenvinoRuntime()

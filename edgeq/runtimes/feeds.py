@@ -1,0 +1,42 @@
+"""Fixed random inputs for timing an artifact, shaped from the model's own input declarations."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ArtifactError
+
+
+def random_input(path, shape: list, batch: int, seed: int, example: list | None = None,
+                 integer: bool = False) -> np.ndarray:
+    """A fixed random input of the model's shape at ``batch`` (refused when the batch axis is fixed).
+
+    Symbolic axes other than the batch take their size from ``example`` (the shape edgeq exported with);
+    integer inputs (token ids) are zeros, a valid id for any vocabulary."""
+    if isinstance(shape[0], int) and shape[0] != batch:
+        raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
+    dims = [batch if i == 0 else (d if isinstance(d, int) else (example[i] if example else 1))
+            for i, d in enumerate(shape)]
+    if integer:
+        return np.zeros(dims, dtype=np.int64)
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def example_shapes(path) -> list | None:
+    """The input shapes edgeq exported the model with (ONNX metadata), for its symbolic axes."""
+    import json
+
+    import onnx
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props["edgeq_input_shapes"])
+    except Exception:  # noqa: BLE001 - a foreign ONNX has no such metadata
+        return None
+
+
+def random_feeds(path, inputs: list[tuple], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """{name: array} for ``inputs`` given as (name, shape, type string such as 'tensor(int64)')."""
+    symbolic = any(not isinstance(d, int) for _, shape, _ in inputs for d in shape[1:])
+    examples = (example_shapes(path) or []) if symbolic else []   # reading the file only when needed
+    return {name: random_input(path, shape, batch, seed + i, examples[i] if i < len(examples) else None,
+                               "int" in str(kind))
+            for i, (name, shape, kind) in enumerate(inputs)}
