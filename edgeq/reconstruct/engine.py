@@ -4,9 +4,11 @@ First a triage pass (``triage.py``) measures every region's observer-only output
 learning step, and plans which regions to learn within the time budget. Then, for every region in
 execution order (BRECQ):
   1. its inputs come from the already-quantized regions before it (cached), its targets from the
-     float model (cached, float16): both caches move forward one region at a time;
+     float model (cached, float16; ``caches.py``: every sample only where a region is learned, otherwise
+     the scheme-choice samples);
   2. per activation quantizer, the candidate schemes (symmetric/asymmetric, per-tensor/per-channel for
-     depthwise inputs) are compared by the region's output error, and the best one is kept;
+     depthwise inputs) are compared by the region's output error, and the best one is kept (unless it is
+     worse than the observer's on the evaluation subset);
   3. if the plan learns it, AdaRound variables and LSQ steps are trained (``train.py``) until the
      iterations, a check that finds its hard-rounded loss not moving, or its share of the budget;
   4. the hard decisions are frozen, and the state is saved for ``--resume``.
@@ -33,8 +35,8 @@ from ..samples import flatten_outputs
 from ..quant.recipe import ReconSpec
 from ..trace.blocks import BlockMap
 from ..trace.graphutil import set_param
-from .learners import AdaRound, LearnedStep, Mode
 from .caches import Caches
+from .learners import AdaRound, LearnedStep, Mode
 from .regions import Region, on_device, plan_regions, run_region
 from .state import ResumeState
 from .train import NonFiniteLoss, block_loss, train_region
