@@ -205,7 +205,7 @@ def _learn_region(i: int, region: Region, learners: Learners, records, gm, quant
                                             [w[few] if w is not None else None for w in eval_w], device)
         chosen = _eval_loss(region, learners, eval_in, eval_tgt, eval_w, device)
         if chosen > report["loss_observers"]:   # chosen on fewer samples, worse on the evaluation subset
-            _revert(region, learners, gm, records, observed, device)
+            _restore_steps(learners, gm, observed, device)   # the weights stay free to learn
             chosen = report["loss_observers"]
             report["choices_reverted"] = True
         if skip is not None:
@@ -284,6 +284,10 @@ def _revert(region: Region, learners: Learners, gm, records, acts: dict[str, tup
     for name in region.layers:
         rounding = learners.weights[name]
         rounding.fix(quantize_int(rounding.float_weight, records[name].weight_qparams))
+    _restore_steps(learners, gm, acts, device)
+
+
+def _restore_steps(learners: Learners, gm, acts: dict[str, tuple[QParams, str]], device: str) -> None:
     for name, (qp, label) in acts.items():
         learners.acts[name] = _swap_step(gm.get_submodule(name), LearnedStep(qp, learners.mode, label).to(device))
 
