@@ -7,6 +7,7 @@ here (``available()`` returns the reason it cannot, or None), describes the devi
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -79,14 +80,19 @@ class Runtime(ABC):
     name: str
     description: str
     form: ArtifactForm
+    package: str | None = None     # the Python package it needs, and how to install it
+    install: str = ""
+    also_reads: tuple[str, ...] = ()   # artifact forms it runs besides its own
 
     def available(self) -> str | None:
         """Why this runtime cannot run here, or None when it can."""
+        if self.package and importlib.util.find_spec(self.package) is None:
+            return f"{self.package} is not installed ({self.install})"
         return None
 
     def accepts(self, form: str) -> bool:
         """Whether it runs an artifact of this ``edgeq export --to`` form."""
-        return form == self.form.export
+        return form == self.form.export or form in self.also_reads
 
     def require(self) -> None:
         reason = self.available()

@@ -73,20 +73,12 @@ class OpenvinoRuntime(Runtime):
     name = "openvino"
     description = "OpenVINO, CPU plugin (f32 inference precision)"
     form = ArtifactForm("onnx", "int8")
-
-    def available(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return 'OpenVINO is not installed (pip install "edgeq[openvino]")'
-        return None
+    package, install = "openvino", 'pip install "edgeq[openvino]"'
+    also_reads = ("tensorrt",)   # a TensorRT export folder holds a QDQ model.onnx
 
     def versions(self) -> dict:
         ov = _openvino()
         return {"openvino": ov.get_version(), "devices": ov.Core().available_devices}
-
-    def accepts(self, form: str) -> bool:
-        return form in ("onnx", "tensorrt")   # a TensorRT export folder holds a QDQ model.onnx
 
     def open(self, artifact, batch: int | None = 1, threads: int | None = None, options: dict | None = None) -> Session:
         return OpenvinoSession(onnx_file(artifact), batch, threads)

@@ -59,21 +59,13 @@ class OrtRuntime(Runtime):
     name = "ort"
     description = "ONNX Runtime, CPU execution provider"
     form = ArtifactForm("onnx", "int8")
-
-    def available(self) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed (pip install onnxruntime)"
-        return None
+    package, install = "onnxruntime", "pip install onnxruntime"
+    also_reads = ("tensorrt",)   # a TensorRT export folder holds a QDQ model.onnx
 
     def versions(self) -> dict:
         import onnxruntime as ort
         return {"onnxruntime": importlib.metadata.version("onnxruntime"),
                 "providers": ort.get_available_providers()}
-
-    def accepts(self, form: str) -> bool:
-        return form in ("onnx", "tensorrt")   # a TensorRT export folder holds a QDQ model.onnx
 
     def open(self, artifact, batch: int | None = 1, threads: int | None = None, options: dict | None = None) -> Session:
         return OrtSession(onnx_file(artifact), batch, threads)
