@@ -102,8 +102,9 @@ def test_placement_from_another_runtime_is_flagged():
     from types import SimpleNamespace
 
     from edgeq.export.onnx import placement_note
-    layers = {"a": {"quantized": False, "reason": "latency on ort-cpu: all depthwise-conv units in float …"},
-              "b": {"quantized": False, "reason": "accuracy budget: …"}, "c": {"quantized": True, "reason": "x"}}
+    layers = {"a": {"quantized": False, "stage": "latency", "target": "ort-cpu", "reason": "…"},
+              "b": {"quantized": False, "stage": "budget", "target": None, "reason": "…"},
+              "c": {"quantized": True, "stage": "recipe", "target": None, "reason": "x"}}
     note = placement_note(SimpleNamespace(manifest={"layers": layers}), "TensorRT")
     assert note.startswith("1 layers are float because the latency placement measured on ort-cpu")
     assert "--no-latency-search" in note

@@ -60,7 +60,8 @@ def test_budget_reverts_exactly_the_fragile_layer(tmp_path, outlier_calib):
     assert r["fallback"]["budget_met"] is True
     floated = {n: d for n, d in layers(out).items() if not d["quantized"]}
     assert [d["module"] for d in floated.values()] == ["fragile"]
-    assert "accuracy budget" in next(iter(floated.values()))["reason"]
+    decision = next(iter(floated.values()))
+    assert decision["stage"] == "budget" and "accuracy budget" in decision["reason"]
     manifest = json.loads((out / "manifest.json").read_text())
     steps = manifest["fallback"]["budget"]["reverted"]
     assert [s["layers"] for s in steps] == [[module_of(out, "fragile")]]
@@ -85,7 +86,8 @@ def test_outlier_blocks_are_detected_and_kept_float(tmp_path, outlier_calib):
     assert len(report["flagged"]) == 1
     ratios = sorted(report["ratios"].values())
     assert ratios[-1] > 1000 and ratios[-2] < report["threshold"]
-    assert "outlier channel blocks" in manifest["layers"][module_of(out, "fragile")]["reason"]
+    fragile = manifest["layers"][module_of(out, "fragile")]
+    assert fragile["stage"] == "outliers" and "outlier channel blocks" in fragile["reason"]
 
 
 def test_sensitivity_ranks_the_fragile_unit_first(outlier_calib):
@@ -138,7 +140,8 @@ def test_placement_keeps_slow_depthwise_region_float(tmp_path):
     assert placement["target"] == "x86-cpu-ort" and placement["steps"], placement
     dw = {n: d for n, d in manifest["layers"].items() if d["op"] == "dwconv"}
     assert len(dw) == 3
-    assert all(not d["quantized"] and d["reason"].startswith("latency on x86-cpu-ort") for d in dw.values()), \
+    assert all(not d["quantized"] and (d["stage"], d["target"]) == ("latency", "x86-cpu-ort")
+               and d["reason"].startswith("latency on x86-cpu-ort") for d in dw.values()), \
         json.dumps(placement["steps"], indent=1)
     # every decision is listed: each float layer has a reason, each step its two timings
     for d in manifest["layers"].values():

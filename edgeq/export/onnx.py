@@ -106,10 +106,8 @@ def placement_note(bundle: Bundle, target: str) -> str | None:
     that decision does not carry over to ``target``."""
     searched: dict[str, int] = {}
     for layer in bundle.manifest["layers"].values():
-        reason = layer.get("reason", "")
-        if not layer["quantized"] and reason.startswith("latency on "):
-            runtime = reason[len("latency on "):].split(":")[0]
-            searched[runtime] = searched.get(runtime, 0) + 1
+        if not layer["quantized"] and layer.get("stage") == "latency":
+            searched[layer["target"]] = searched.get(layer["target"], 0) + 1
     if not searched:
         return None
     runtime, count = max(searched.items(), key=lambda kv: kv[1])

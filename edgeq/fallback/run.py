@@ -22,7 +22,7 @@ from ..target import DEFAULT_TARGET, get_target
 from . import budget as budget_search
 from . import placement, sensitivity
 from .outliers import BLOCK
-from .units import FloatSwitch, Unit, build_units, drop_units
+from .units import Decision, FloatSwitch, Unit, build_units, drop_units
 
 SENSITIVITY_SAMPLES = 256
 
@@ -116,7 +116,7 @@ def describe_failure(exc: BaseException) -> str:
 
 @dataclass
 class FallbackResult:
-    reverted_units: dict[str, str] = field(default_factory=dict)   # unit -> reason
+    reverted_units: dict[str, Decision] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     seconds: float = 0.0
     fidelity: dict | None = None
@@ -197,7 +197,8 @@ class FallbackRun:
         with ui.status(f"searching for the accuracy budget ({self.budget.describe()})"):
             report = budget_search.search(q.gm, switch, live, metric, [r["unit"] for r in ranking])
         for step in report["reverted"]:
-            result.reverted_units[step["unit"]] = f"{step['reason']}; after reverting: {_fmt(step['after'])}"
+            result.reverted_units[step["unit"]] = Decision(
+                "budget", f"{step['reason']}; after reverting: {_fmt(step['after'])}")
         result.budget_met = report["met"]
         report["sensitivity_top"] = ranking[:10]
         report["evaluation"] = {"source": (self.eval_data or data).source, "samples": len(metric.probe.samples),
@@ -221,7 +222,7 @@ def _outliers(q, units: list[Unit], switch: FloatSwitch, result: FallbackResult)
         stats = q.outlier_stats.get(unit.name)
         if stats and stats["outlier"]:
             switch.set_float(unit, True)
-            result.reverted_units[unit.name] = (
+            result.reverted_units[unit.name] = Decision("outliers",
                 f"outlier channel blocks: largest block max |x| / median channel max = {stats['ratio']} > {threshold} "
                 f"(blocks of {BLOCK} channels); the int8 kernels of the target take one scale per tensor")
             flagged.append(unit.name)
@@ -267,14 +268,15 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
         step["units"] = [to_old[n] for n in step["units"]]
         for name in step["units"]:
             if step["decision"] == "float" and name not in reasons:  # the step that floated it
-                reasons[name] = (f"latency on {target}: {step['candidate']} in float {step['float_ms']} ms "
+                reasons[name] = Decision("latency", f"latency on {target}: {step['candidate']} in float {step['float_ms']} ms "
                                  f"vs int8 {step['int8_ms']} ms (paired ratio {step['ratio']}, 90 % interval "
-                                 f"{step['interval'][0]}–{step['interval'][1]})")
+                                 f"{step['interval'][0]}–{step['interval'][1]})", target)
     report["floated_units"] = sorted(to_old[n] for n in report["floated_units"])
     by_name = {u.name: u for u in live}
     for name in report["floated_units"]:
         switch.set_float(by_name[name], True)
-        result.reverted_units[name] = reasons.get(name, f"latency on {target}: {report['verdict']}")
+        result.reverted_units[name] = reasons.get(
+            name, Decision("latency", f"latency on {target}: {report['verdict']}", target))
     return report
 
 
@@ -301,7 +303,7 @@ def read_placement(source: str | Path) -> dict:
     return {"source": str(source), "model": manifest["model"]["spec"], "input": manifest["input"]["shape"],
             "target": placement["target"], "verdict": placement["verdict"],
             "float_layers": sorted(n for n, d in layers.items()
-                                   if not d["quantized"] and d["reason"].startswith("latency on")),
+                                   if not d["quantized"] and d.get("stage") == "latency"),
             "int8_layers": sorted(n for n, d in layers.items() if d["quantized"]),
             "search": {k: placement.get(k) for k in ("fp32_ms", "all_int8_ms", "final", "steps", "seconds",
                                                      "export_seconds", "measurements", "cache_hits")}}
@@ -320,8 +322,9 @@ def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, re
     for unit in units:
         if unit.name not in switch.floated and set(unit.layers) <= float_layers:
             switch.set_float(unit, True)
-            result.reverted_units[unit.name] = (f"latency on {placement['target']}: placement searched on "
-                                                f"{placement['model']} at input {placement['input']}")
+            result.reverted_units[unit.name] = Decision(
+                "latency", f"latency on {placement['target']}: placement searched on {placement['model']} at input "
+                           f"{placement['input']}", placement["target"])
             floated.append(unit.name)
     return {"target": placement["target"], "verdict": placement["verdict"], "from": placement.get("source"),
             "searched_on": {"model": placement["model"], "input": placement["input"]},

@@ -17,6 +17,22 @@ from ..trace.blocks import BlockMap
 from ..trace.graphutil import get_attr, node_by_name, set_param
 
 
+STAGES = ("recipe", "outliers", "budget", "latency")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a unit stays in float: the stage that decided, the target whose timings decided it (latency only),
+    and the sentence shown to users, rendered from the evidence when the decision was made. Code reads
+    ``stage`` and ``target``, never the sentence."""
+    stage: str
+    reason: str
+    target: str | None = None
+
+    def fields(self) -> dict:
+        return {"stage": self.stage, "target": self.target}
+
+
 @dataclass(frozen=True)
 class Unit:
     name: str                # the activation quantizer's module name

@@ -156,9 +156,9 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
 
 def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: str, decisions) -> dict:
     """Write the bundle with the fallback ``decisions`` (a FallbackResult) applied."""
-    from ..fallback.units import drop_units
+    from ..fallback.units import Decision, drop_units
     records, act_qparams = drop_units(q.float_graph(), q.records, q.act_qparams(), decisions.reverted_units)
-    reverted_layers = {layer: reason for unit, reason in decisions.reverted_units.items()
+    reverted_layers = {layer: decision for unit, decision in decisions.reverted_units.items()
                        for layer in q.records if q.records[layer].act_module == unit}
     ptq_seconds = q.seconds + decisions.seconds
     layers = {}
@@ -167,12 +167,13 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
         if name in records:
             rec = records[name]
             layers[name] = {"quantized": True, "precision": f"w{rec.weight_spec.bits}a{rec.act_spec.bits}",
-                            "reason": f"recipe {q.recipe.name}", "rounding": _rounding(name, q.recon_report),
+                            "reason": f"recipe {q.recipe.name}", "stage": "recipe", "target": None, "rounding": _rounding(name, q.recon_report),
                             **base, "act_quantizer": rec.act_module,
                             "weight_spec": asdict(rec.weight_spec), "act_spec": asdict(rec.act_spec)}
         else:
-            reason = reverted_layers.get(name) or q.kept_float[name]
-            layers[name] = {"quantized": False, "precision": "fp32", "reason": reason, **base}
+            decision = reverted_layers.get(name) or Decision("recipe", q.kept_float[name])
+            layers[name] = {"quantized": False, "precision": "fp32", "reason": decision.reason,
+                            **decision.fields(), **base}
     act_summary = {name: {**m.observer.summary(), "scale": float(m.qparams.scale.max()),
                           "zero_point": int(m.qparams.zero_point.max())}
                    for name, m in q.gm.named_children() if hasattr(m, "observer")}
