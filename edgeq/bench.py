@@ -235,15 +235,16 @@ def _accuracy_fields(acc: dict | None) -> dict:
 
 
 def _merge(path: Path, rows: list[dict]) -> dict:
-    """Replace this run's (suite, model) rows in an existing report, keep the others."""
+    """Replace the rows this run measured (same suite, model, variant and runtime) in an existing report and
+    keep every other row, e.g. the w6a6/w4a8 rows when a later run benchmarks only two recipes."""
     old_rows = []
     if path.is_file():
         try:
             old_rows = json.loads(path.read_text()).get("rows", [])
         except ValueError:
             old_rows = []
-    fresh = {(r["suite"], r["model"]) for r in rows}
-    kept = [r for r in old_rows if (r.get("suite"), r.get("model")) not in fresh]
+    fresh = {_row_key(r) for r in rows}
+    kept = [r for r in old_rows if _row_key(r) not in fresh]
     return {"schema_version": 1, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "env": {"machine": machine(), "versions": package_versions()},
             "protocol": {"latency": "ONNX Runtime CPU EP and OpenVINO CPU, batch 1 (speed suite also 8), 2 threads; "
@@ -258,6 +259,10 @@ def _merge(path: Path, rows: list[dict]) -> dict:
                          "speedup_vs_runtime_fp32": "FP32 p50 on the row's runtime / variant p50",
                          "fallback_seconds": "outlier, budget and placement search time inside ptq_seconds"},
             "rows": kept + rows}
+
+
+def _row_key(row: dict) -> tuple:
+    return row.get("suite"), row.get("model"), row.get("variant"), row.get("runtime")
 
 
 def to_markdown(report: dict) -> str:

@@ -354,6 +354,46 @@ def _print_profile(r: dict) -> None:
 
 
 @main.command()
+@click.argument("source")
+@model_options
+@click.option("--targets", default="x86-cpu-ort,x86-cpu-openvino", show_default=True,
+              help="Comma-separated device targets (targets/ names or YAML files); those that cannot run here "
+                   "get rows that say why.")
+@click.option("--recipes", default="w8a8-fast,w8a8", show_default=True,
+              help="edgeq recipes to report (ignored when SOURCE is a bundle: the bundle is the edgeq variant).")
+@click.option("--calib", default="zoo", show_default=True, help="Calibration data for the recipes and the ONNX "
+                                                                 "Runtime quantize_static baseline.")
+@click.option("--data", default="zoo:test", show_default=True, help="Evaluation data (labels give top-1).")
+@click.option("--eval-limit", type=int, help="Evaluate on the first N samples.")
+@click.option("--runs", default=100, show_default=True, type=int, help="Timed runs per row.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for report.json, report.md and report.html.")
+@click.option("--keep-artifacts", is_flag=True, help="Keep the measured files in OUTPUT/artifacts.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@metric_options
+@command
+def report(source, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, targets, recipes, calib,
+           data, eval_limit, runs, out, keep_artifacts, force, metric, charset, blank, labels, as_json):
+    """Every variant of a model (or bundle) on every target: accuracy, latency, size, PTQ time, as a report."""
+    from .report import ReportSpec, make_report
+    if labels:
+        raise click.UsageError("--labels is not supported by edgeq report; give --data with labels.")
+    model_args = {k: v for k, v in dict(weights=weights, num_classes=num_classes, in_chans=in_chans,
+                                        input_shape=input_shape, dynamic=dynamic).items() if v is not None}
+    if trust_pickle:
+        model_args["trust_pickle"] = True
+    spec = ReportSpec(source, tuple(_names(targets)), tuple(_names(recipes)), calib, data, runs, eval_limit,
+                      _metric_choice(metric, charset, blank), model_args)
+    result = make_report(spec, out, force, keep_artifacts)
+    _emit({k: v for k, v in result.items() if k != "markdown"}, as_json,
+          lambda r: click.echo(result["markdown"] + f"\nreport: {r['files']['html']}"))
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@main.command()
 @click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all", "ptq"]),
               help="zoo: accuracy and latency of the bundled models; speed: latency of the 224×224 architectures; "
                    "ptq: seconds and peak memory of the default quantize at 224×224 (reports/ptq.md).")
@@ -385,10 +425,11 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, as_json):
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @command
 def demo(model, out, force, as_json):
-    """Quantize a bundled zoo model, export it, evaluate it, profile it and write a report."""
+    """Quantize a bundled zoo model, export it for every target, measure it and write the report (report.html)."""
     from .demo import run_demo
     result = run_demo(model, out, force)
-    _emit(result, as_json, lambda r: click.echo(r["markdown"] + f"\nreport: {r['report_md']}"))
+    _emit(result, as_json, lambda r: click.echo(r["markdown"] + f"\nreport: {r['files']['html']} "
+                                                                f"(and report.md, report.json)"))
 
 
 if __name__ == "__main__":

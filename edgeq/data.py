@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibsets import is_definition, read_definition
 from .errors import CalibrationError
 from .models.intake import InputSpec
 from .preprocess import preprocess_uint8
@@ -76,6 +77,8 @@ def load_data(source: str, input_specs, limit: int | None = None, default_split:
               what: str = "calibration", labels: str | None = None) -> Dataset:
     """Read ``source`` for a model taking ``input_specs`` (one InputSpec or one per input)."""
     specs = (input_specs,) if isinstance(input_specs, InputSpec) else tuple(input_specs)
+    if is_definition(source):
+        return _defined(read_definition(source), specs, limit, default_split, what, labels)
     if source == "zoo" or source.startswith("zoo:"):
         data = _zoo(source.partition(":")[2] or default_split, specs[0], what)
     else:
@@ -96,6 +99,17 @@ def load_data(source: str, input_specs, limit: int | None = None, default_split:
     data = _limit(data, limit)
     _validate(data, specs, what)
     return data
+
+
+def _defined(definition, specs, limit: int | None, default_split: str, what: str, labels: str | None) -> Dataset:
+    """A set described by a calib/*.yaml file: its source, its selection of samples, then ``limit``."""
+    data = load_data(definition.source, specs, None, default_split, what, labels or definition.labels_source())
+    index = definition.select(len(data))
+    picked = data.labels
+    if picked is not None:
+        picked = picked[index] if isinstance(picked, np.ndarray) else [picked[i] for i in index]
+    data = Dataset(data.samples.take(index), picked, f"{definition.name} ({data.source})")
+    return _limit(data, limit)
 
 
 def _split_key(source: str) -> tuple[Path, str | None]:

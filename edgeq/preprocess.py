@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import CalibrationError
+
 
 def preprocess_uint8(images: np.ndarray, size: int | tuple[int, int], in_chans: int,
                      mean, std) -> np.ndarray:
@@ -31,7 +33,8 @@ def _match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
         return (x * weights.view(1, -1, 1, 1)).sum(1, keepdim=True) / weights.sum()
     if x.shape[1] == 1:
         return x.expand(-1, in_chans, -1, -1)
-    raise ValueError(f"cannot map {x.shape[1]}-channel images to {in_chans} channels")
+    raise CalibrationError(f"the images have {x.shape[1]} channels and the model takes {in_chans}; edgeq maps "
+                           f"colour to grey, grey to colour, and nothing else.")
 
 
 def _per_channel(values, in_chans: int) -> list[float]:
@@ -42,4 +45,5 @@ def _per_channel(values, in_chans: int) -> list[float]:
         return values * in_chans
     if in_chans == 1:
         return [sum(values) / len(values)]
-    raise ValueError(f"normalisation has {len(values)} values for {in_chans} channels")
+    raise CalibrationError(f"the normalisation has {len(values)} values for a {in_chans}-channel input; give one "
+                           f"value or one per channel.")

@@ -12,3 +12,16 @@ def test_ptq_report_merges_rows_per_model_and_variant(tmp_path):
     rows = json.loads((tmp_path / "ptq.json").read_text())["rows"]
     assert [(r["variant"], r["ptq_seconds"]) for r in rows] == [("w8a8", 20.0), ("w8a8-every-region", 10.0)]
     assert "| m | w8a8 | 20.0 |" in markdown and (tmp_path / "ptq.md").read_text() == markdown
+
+
+def test_bench_merge_keeps_rows_it_did_not_rerun(tmp_path):
+    import json
+
+    from edgeq.bench import _merge
+    old = [{"suite": "zoo", "model": "m", "variant": v, "runtime": rt, "drop_pp": 0.5}
+           for v in ("w8a8", "w6a6", "w4a8") for rt in ("ort", "openvino")]
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": old}))
+    new = [{"suite": "zoo", "model": "m", "variant": "w8a8", "runtime": "ort", "drop_pp": 0.1}]
+    merged = _merge(tmp_path / "bench.json", new)["rows"]
+    by_key = {(r["variant"], r["runtime"]): r["drop_pp"] for r in merged}
+    assert len(merged) == 6 and by_key[("w8a8", "ort")] == 0.1 and by_key[("w6a6", "openvino")] == 0.5

@@ -63,6 +63,7 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             r = timer.compare(current, [trial])[0]
             keep = r.faster(MARGIN)
             steps.append(_step(label, todo, r, "float" if keep else "int8", candidate_is_float=True))
+            _log(target, steps[-1])
             if keep:
                 floated, current = floated | todo, trial
                 by_stage |= todo if label.startswith("stage ") else set()
@@ -76,6 +77,7 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             keep_int8 = r.faster(MARGIN)
             steps.append(_step(f"{label} back to int8", back, r, "int8" if keep_int8 else "float",
                                candidate_is_float=False))
+            _log(target, steps[-1])
             if keep_int8:
                 floated, current = floated - back, trial
         final, floated, verdict = _final(timer, build(all_units), int8_path, current, floated, all_units)
@@ -85,6 +87,12 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
             "floated_units": sorted(floated), "steps": steps, "cache_hits": timer.hits,
             "measurements": timer.measured, "build_seconds": round(sum(build_seconds), 2),
             "measure_seconds": round(timer.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _log(target: str, step: dict) -> None:
+    """One flushed line per candidate, so a log shows the search moving (the bar is for terminals only)."""
+    ui.log(f"  placement on {target}: {step['candidate']} ({len(step['units'])} units): int8 {step['int8_ms']} ms, "
+           f"float {step['float_ms']} ms -> {step['decision']}")
 
 
 def _step(label: str, units: set[str], r: Ratio, decision: str, candidate_is_float: bool) -> dict:

@@ -48,21 +48,23 @@ def measure_interleaved(paths: dict[str, str | Path | tuple[str | Path, str]], r
     starts with one untimed run: thread pools of the model that ran before (ONNX Runtime's spin-waiting
     workers, OpenVINO's) still hold the cores for a moment and would otherwise bill it to this model.
     """
-    probes = _interleave(paths, runs, warmup, batch, threads, target, block)
+    probes = interleave(paths, runs, warmup, batch, threads, target, block)
     return {key: Measurement.from_times(name, batch, threads or 0, probe.times, warmup)
             for key, (name, probe) in probes.items()}
 
 
 def open_session(path, target: str, batch: int, threads: int | None):
-    """The artifact loaded by ``target``'s runtime (one clear sentence when that runtime cannot run here)."""
+    """The artifact loaded by ``target``'s runtime (one clear sentence when that runtime cannot run here),
+    with the target's thread count unless ``threads`` is given."""
     found = get_target(target)
     reason = found.unavailable()
     if reason:
         raise RuntimeUnavailable(f"cannot run on {found.name}: {reason}.")
+    threads = threads if threads is not None else found.threads
     return found.name, found.plugin.open(path, batch, threads, found.options)
 
 
-def _interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
+def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
                 block: int) -> dict:
     """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks."""
     probes = {}
@@ -101,9 +103,14 @@ def compare(reference: str | Path, candidates: list[str | Path], runs: int, warm
     """Each candidate against ``reference``, all interleaved. Blocks that ran back to back form pairs, so a
     slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs."""
     paths = {"ref": reference, **{f"c{i}": c for i, c in enumerate(candidates)}}
-    probes = _interleave(paths, runs, warmup, batch, threads, target, block)
+    probes = interleave(paths, runs, warmup, batch, threads, target, block)
     ref = _block_medians(probes["ref"][1].times, block)
     return [_ratio(ref, _block_medians(probes[f"c{i}"][1].times, block), seed) for i in range(len(candidates))]
+
+
+def block_ratio(reference_ms: list[float], candidate_ms: list[float], block: int = BLOCK, seed: int = 0) -> "Ratio":
+    """The paired-block Ratio of two sample lists recorded in the same rotation (block k of each ran together)."""
+    return _ratio(_block_medians(reference_ms, block), _block_medians(candidate_ms, block), seed)
 
 
 def _block_medians(times: list[float], block: int) -> np.ndarray:

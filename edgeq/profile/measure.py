@@ -65,14 +65,19 @@ def _one_batch(target: Target, path: Path, batch: int, runs: int, warmup: int, t
     session = target.plugin.open(path, batch, threads, target.options)
     load_seconds = time.perf_counter() - start
     session.time(warmup)
-    samples = session.time(runs)
-    t = np.array(samples)
-    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
-    return {"batch": batch, "p50_ms": round(p50, 4), "p90_ms": round(p90, 4), "p99_ms": round(p99, 4),
-            "mean_ms": round(float(t.mean()), 4), "std_ms": round(float(t.std()), 4),
-            "throughput_per_s": round(batch * 1000.0 / float(t.mean()), 2),
-            "load_seconds": round(load_seconds, 3), "rss_growth_mb": round(_rss_mb() - rss_before, 1),
+    stats = latency_stats(session.time(runs), batch)
+    return {**stats, "load_seconds": round(load_seconds, 3), "rss_growth_mb": round(_rss_mb() - rss_before, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "samples_ms": stats.pop("samples_ms")}
+
+
+def latency_stats(samples_ms: list[float], batch: int) -> dict:
+    """Percentiles, mean, spread and throughput of timed runs, with the raw samples (for a later gate)."""
+    t = np.array(samples_ms)
+    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    return {"batch": batch, "runs": len(t), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4),
+            "p99_ms": round(p99, 4), "mean_ms": round(float(t.mean()), 4), "std_ms": round(float(t.std()), 4),
+            "throughput_per_s": round(batch * 1000.0 / float(t.mean()), 2),
             "samples_ms": [round(float(v), 4) for v in t]}
 
 

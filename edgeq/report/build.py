@@ -1,0 +1,284 @@
+"""Build a latency-accuracy report: every variant of one model on every target.
+
+Variants: FP32 and FP16 ONNX, ONNX Runtime's ``quantize_static`` (the peer), and each edgeq recipe with its
+fallback mix. A recipe with a latency search is quantized once per target it can time here, because its
+placement is searched on that target. Each (variant, target) row carries the accuracy of the very file the
+target runs, measured by the target's runtime, and its latency, measured with every other row of the report
+in alternating blocks (so machine noise hits all rows alike); the raw samples stay in the report for the
+gate. A target that cannot run here gets rows that say why, never a number.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import ui
+from ..envinfo import machine, package_versions
+from ..errors import EdgeqError
+from ..target import Target, get_target
+from .schema import SCHEMA
+
+DEFAULT_RECIPES = ("w8a8-fast", "w8a8")
+DEFAULT_TARGETS = ("x86-cpu-ort", "x86-cpu-openvino")
+BLOCK = 5   # runs per block in the shared rotation
+LABELS = {"fp32": "FP32", "fp16": "FP16", "ort-minmax": "ORT quantize_static (MinMax)"}
+
+
+@dataclass
+class Built:
+    """One artifact a target runs, and how it was made."""
+    path: Path
+    ptq_seconds: float | None = None
+    bundle: Path | None = None
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str                                  # float | baseline | edgeq
+    built: dict[str, Built] = field(default_factory=dict)   # target name -> artifact
+    not_built: str | None = None               # why there is no artifact at all
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What to report on: a model spec (zoo:, timm:, file.py:fn …) or an existing bundle, and how."""
+    source: str
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
+    calib: str = "zoo"
+    data: str = "zoo:test"
+    runs: int = 100
+    eval_limit: int | None = None
+    metric: object = None                      # an api.MetricChoice; default top-1 for class labels
+    quantize_args: dict = field(default_factory=dict)   # model options passed to api.quantize
+
+
+def build_report(spec: ReportSpec, work: Path) -> dict:
+    """The report as a dict (see schema.py); artifacts are written under ``work``."""
+    from ..quant.recipe import load_recipe
+    if spec.runs <= 0:
+        raise EdgeqError("--runs must be positive.")
+    targets = [get_target(t) for t in spec.targets]
+    recipes = {r: load_recipe(r) for r in spec.recipes}   # a bad recipe fails before any work
+    metric = (spec.metric.load() if spec.metric is not None else None)
+    runnable = [t for t in targets if t.form == "onnx" and not t.unavailable()]
+    started = time.perf_counter()
+    variants = _build_variants(spec, recipes, runnable, work)
+    ui.log(f"report: {sum(len(v.built) for v in variants)} artifacts built in {time.perf_counter() - started:.0f} s; "
+           f"measuring accuracy and latency on {', '.join(t.name for t in runnable) or 'no target'}")
+    scores = _accuracy(variants, runnable, spec, metric)
+    latency = _latency(variants, runnable, spec.runs)
+    rows = [_row(v, t, scores, latency) for t in targets for v in variants]
+    model = _model_of(spec.source, variants)
+    return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": model["spec"], "input_shape": model["input_shape"],
+            "data": {"source": spec.data, "samples": scores.get("samples"), "limit": spec.eval_limit},
+            "metric": scores.get("metric") or {"name": None, "unit": "", "higher_is_better": True},
+            "targets": [_target_entry(t) for t in targets],
+            "variants": [{"name": v.name, "kind": v.kind, "not_built": v.not_built} for v in variants],
+            "rows": rows, "env": {"machine": machine(), "versions": package_versions()}}
+
+
+# --- artifacts ------------------------------------------------------------------------------------------
+
+def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], work: Path) -> list[Variant]:
+    from .. import api
+    work.mkdir(parents=True, exist_ok=True)
+    edgeq_variants, first_bundle = [], None
+    if _is_bundle(spec.source):
+        first_bundle = Path(spec.source)
+        name = _manifest(first_bundle)["recipe"]["name"]
+        v = Variant(name, "edgeq")
+        api.export(first_bundle, "onnx", work / f"{name}.onnx", precision="int8")
+        for t in runnable:
+            v.built[t.name] = Built(work / f"{name}.onnx", _manifest(first_bundle).get("ptq_seconds"), first_bundle)
+        edgeq_variants.append(v)
+    else:
+        for name, recipe in recipes.items():
+            v = Variant(name, "edgeq")
+            searched = recipe.fallback.latency_search
+            for t in (runnable if searched else [None]):
+                tag = f"{name}-{t.name}" if t else name
+                bundle = work / f"{tag}.edgeq"
+                ui.log(f"report: quantizing {spec.source} with {name}" + (f" for {t.name}" if t else ""))
+                q = api.quantize(spec.source, spec.calib, name, bundle, **spec.quantize_args,
+                                 **({"target": t.name} if t else {"latency_search": False}))
+                api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8")
+                for target in ([t] if t else runnable):
+                    v.built[target.name] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
+                first_bundle = first_bundle or bundle
+            edgeq_variants.append(v)
+    return _baselines(spec, first_bundle, runnable, work) + edgeq_variants
+
+
+def _baselines(spec: ReportSpec, bundle: Path | None, runnable: list[Target], work: Path) -> list[Variant]:
+    from .. import api
+    variants = []
+    for precision in ("fp32", "fp16"):
+        path = work / f"{precision}.onnx"
+        if bundle is not None:
+            api.export(bundle, "onnx", path, precision=precision)
+        variants.append(Variant(precision, "float", {t.name: Built(path) for t in runnable} if bundle else {},
+                                None if bundle else "no bundle to export from"))
+    peer = Variant("ort-minmax", "baseline")
+    try:
+        seconds = _ort_minmax(spec, work)
+        peer.built = {t.name: Built(work / "ort-minmax.onnx", round(seconds, 2)) for t in runnable}
+    except EdgeqError as exc:   # e.g. a user's bundle with no calibration data given
+        peer.not_built = str(exc).rstrip(".")
+    return variants + [peer]
+
+
+def _ort_minmax(spec: ReportSpec, work: Path) -> float:
+    from ..baselines import ort_minmax
+    from ..data import load_data
+    from ..export.onnx import read_artifact
+    from ..models.intake import InputSpec
+    record = read_artifact(work / "fp32.onnx")
+    specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
+    if len(specs) != 1:
+        raise EdgeqError("ONNX Runtime's quantize_static baseline is built for single-input models only")
+    calib = load_data(spec.calib, specs, limit=256)
+    return ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x)
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+def _accuracy(variants: list[Variant], runnable: list[Target], spec: ReportSpec, metric) -> dict:
+    """Scores of every artifact on every runnable target, against FP32 on the same target."""
+    from ..data import load_data
+    from ..export.onnx import read_artifact
+    from ..metrics import compare_outputs, default_metric, get_metric
+    from ..models.intake import InputSpec
+    from ..profile.latency import open_session
+
+    fp32 = next((v for v in variants if v.name == "fp32" and v.built), None)
+    if fp32 is None or not runnable:
+        return {}
+    record = read_artifact(next(iter(fp32.built.values())).path)
+    specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
+    test = load_data(spec.data, specs, limit=spec.eval_limit, default_split="test", what="evaluation")
+    if metric is None:
+        name = default_metric(test.labels)
+        metric = get_metric(name or "cosine")
+    scores = {"samples": len(test), "metric": {"name": metric.name, "unit": metric.unit,
+                                                "higher_is_better": metric.higher_is_better}}
+    for t in runnable:
+        reference = open_session(fp32.built[t.name].path, t.name, None, None)[1].run(test.samples)
+        fp32_score = metric.score(reference, test.labels, reference)
+        for v in variants:
+            if t.name not in v.built:
+                continue
+            outputs = open_session(v.built[t.name].path, t.name, None, None)[1].run(test.samples)
+            score = metric.score(outputs, test.labels, reference)
+            fid = compare_outputs(reference, outputs)
+            scores[(v.name, t.name)] = {"score": round(metric.display(score), 4),
+                                        "fp32_score": round(metric.display(fp32_score), 4),
+                                        "drop": round(metric.drop(fp32_score, score), 4),
+                                        "cosine_vs_fp32": fid["cosine"], "sqnr_db_vs_fp32": fid["sqnr_db"]}
+    return scores
+
+
+def _latency(variants: list[Variant], runnable: list[Target], runs: int) -> dict:
+    """Every runnable (variant, target) timed in one rotation per batch size, with the raw samples."""
+    from ..profile.latency import interleave
+    from ..profile.measure import latency_stats
+    result = {}
+    for batch in sorted({t.batch_sizes[0] for t in runnable}):
+        paths = {(v.name, t.name): (v.built[t.name].path, t.name) for t in runnable if t.batch_sizes[0] == batch
+                 for v in variants if t.name in v.built}
+        probes = interleave(paths, runs, warmup=10, batch=batch, threads=None, target=runnable[0].name, block=BLOCK)
+        for key, (_, session) in probes.items():
+            result[key] = {**latency_stats(session.times, batch), "threads": session.threads}
+    return result
+
+
+def _speedup(latency: dict, key: tuple, reference: tuple) -> dict:
+    """Speed-up over the target's FP32 from the paired blocks of the shared rotation, with its 90 % interval;
+    ``within_noise`` when the interval includes 1 (then it is not a speed-up, whatever the point value says)."""
+    from ..profile.latency import block_ratio
+    if reference not in latency:
+        return {"speedup_vs_target_fp32": None}
+    r = block_ratio(latency[reference]["samples_ms"], latency[key]["samples_ms"], BLOCK)
+    low, high = round(1 / r.high, 3), round(1 / r.low, 3)
+    return {"speedup_vs_target_fp32": round(1 / r.ratio, 3), "speedup_interval": [low, high],
+            "within_noise": low <= 1.0 <= high}
+
+
+# --- rows -----------------------------------------------------------------------------------------------
+
+def _row(v: Variant, t: Target, scores: dict, latency: dict) -> dict:
+    row = {"variant": v.name, "kind": v.kind, "target": t.name, "label": LABELS.get(v.name, v.name)}
+    built = v.built.get(t.name)
+    reason = v.not_built or _why_not(t)
+    if built is None:
+        return {**row, "measured": False, "not_measured": reason}
+    key = (v.name, t.name)
+    row.update(measured=True, artifact=built.path.name, bytes=built.path.stat().st_size,
+               ptq_seconds=built.ptq_seconds, **scores.get(key, {}), latency=latency[key],
+               **_speedup(latency, key, ("fp32", t.name)))
+    if built.bundle is not None:
+        row.update(_bundle_fields(built.bundle, t.name))
+        row["label"] = _edgeq_label(v.name, row["float_units"], row["units"])
+    return row
+
+
+def _why_not(t: Target) -> str:
+    reason = t.unavailable()
+    if reason:
+        return reason
+    return f"{t.name} runs {t.form} artifacts; this report builds ONNX (export with edgeq export --to {t.form})"
+
+
+def _edgeq_label(recipe: str, float_units: int, units: int) -> str:
+    """A row whose every unit is float is the FP32 graph: its name says so, it is not "int8"."""
+    if units and float_units == units:
+        return f"{recipe} → all float ({units} of {units} units: int8 did not pay here)"
+    if float_units:
+        return f"{recipe} ({float_units} of {units} units float)"
+    return recipe
+
+
+def _bundle_fields(bundle: Path, target: str) -> dict:
+    """What the bundle decided: units in float, the placement verdict, and per layer its precision, the stage
+    that decided it and the region's observer-only output error (the sensitivity the triage measured)."""
+    manifest = _manifest(bundle)
+    fallback = manifest.get("fallback") or {}
+    placement = fallback.get("placement") or {}
+    sensitivity = {}
+    for region in (manifest.get("reconstruction") or {}).get("regions", []):
+        for layer in region["layers"]:
+            sensitivity[layer] = region.get("nmse_observers")
+    layers = [{"name": name, "block": d["block"], "precision": d["precision"], "stage": d.get("stage"),
+               "target": d.get("target"), "reason": d["reason"], "sensitivity_nmse": sensitivity.get(name)}
+              for name, d in manifest["layers"].items()]
+    return {"recipe": manifest["recipe"]["name"], "float_units": len(fallback.get("reverted_units") or {}),
+            "units": fallback.get("units"), "placement": placement.get("verdict"),
+            "placement_target": placement.get("target"), "layers": layers}
+
+
+def _target_entry(t: Target) -> dict:
+    reason = _why_not(t) if (t.form != "onnx" or t.unavailable()) else None
+    entry = {**t.to_dict(), "form": t.form, "measured": reason is None, "not_measured": reason}
+    if reason is None:
+        entry["fingerprint"] = t.plugin.fingerprint()
+    return entry
+
+
+def _model_of(source: str, variants: list[Variant]) -> dict:
+    bundle = next((b.bundle for v in variants for b in v.built.values() if b.bundle), None)
+    if bundle is None:
+        return {"spec": source, "input_shape": None}
+    manifest = _manifest(bundle)
+    return {"spec": manifest["model"]["spec"], "input_shape": manifest["input"]["shape"]}
+
+
+def _is_bundle(source: str) -> bool:
+    return Path(source).is_dir() and (Path(source) / "manifest.json").is_file()
+
+
+def _manifest(bundle: Path) -> dict:
+    import json
+    return json.loads((Path(bundle) / "manifest.json").read_text())
