@@ -28,6 +28,7 @@ from . import ui
 from .envinfo import machine, package_versions
 from .errors import EdgeqError
 from .fsutil import write_text_atomic
+from .calibsets import shipped as shipped_set
 from .target import get_target
 
 ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
@@ -63,12 +64,23 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, r
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
     try:
         for suite_name, name in ui.track(plan, "benchmarking"):
-            rows += bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit, work / f"{suite_name}-{name}",
-                                searches, out_dir / "placements", metric)
+            model_rows, report = bench_model(suite_name, name, per_suite[suite_name], runs, eval_limit,
+                                             work / f"{suite_name}-{name}", searches, out_dir / "placements", metric)
+            rows += model_rows
+            _write_model_report(out_dir / "models" / f"{suite_name}-{name}", report)
             markdown = _write_report(out_dir, rows)  # after every model: a crash later keeps what was measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"rows": rows, "markdown": markdown, "json": str(out_dir / "bench.json")}
+
+
+def _write_model_report(folder: Path, report: dict) -> None:
+    """The model's latency-accuracy report (report.json, .md, .html), written through edgeq report's writer."""
+    from .fsutil import atomic_path
+    from .report import write_report
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder, is_dir=True) as tmp:
+        write_report(report, tmp)
 
 
 def _write_report(out_dir: Path, rows: list[dict]) -> str:
@@ -92,53 +104,67 @@ def _plan(suite: str, models: list[str] | None) -> list[tuple[str, str]]:
 
 
 def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit: int | None,
-                work: Path, searches: dict[str, bool], placements: Path, metric) -> list[dict]:
-    """Rows for one model: every variant on every runtime, latency at batch 1 (and 8 on the speed suite)."""
+                work: Path, searches: dict[str, bool], placements: Path, metric) -> tuple[list[dict], dict]:
+    """Rows for one model and its latency-accuracy report: every variant on every bench target, measured by
+    the report's code (accuracy of each exported file on its runtime, latency in one shared rotation at batch 1,
+    and 8 on the speed suite)."""
     from . import api
     from .baselines import ort_minmax
     from .data import load_data
     from .export.onnx import read_artifact
     from .models.intake import InputSpec
+    from .report.build import Built, Variant, _latency, assess
 
     work.mkdir(parents=True)
     spec = f"zoo:{name}" if suite == "zoo" else f"timm:{name}"
     calib_size = None if suite == "zoo" else SPEED_CALIB
-    artifacts: dict[tuple[str, str], dict] = {}   # (variant, runtime) -> artifact info
+    made: dict[str, dict] = {}   # artifact file name -> how it was made (fallback, iterations)
+    variants = []
     for i, recipe in enumerate(recipes):
         short = {"iters": SPEED_ITERS, "batch_size": 8} if suite == "speed" and searches[recipe] is not None else {}
+        variant = Variant(recipe, "edgeq")
         # a recipe with latency search gets one bundle per target; the others run the same file everywhere
-        targets = RUNTIMES if searches[recipe] else (None,)
-        for target in targets:
-            tag = f"{recipe}-{target}" if target else recipe
+        for runtime in (RUNTIMES if searches[recipe] else (None,)):
+            tag = f"{recipe}-{runtime}" if runtime else recipe
             bundle = work / f"{tag}.edgeq"
-            q = api.quantize(spec, "zoo", recipe, bundle, calib_size=calib_size, **short,
-                             **_placement_args(suite, name, target, placements))
+            q = api.quantize(spec, ZOO_CALIB, recipe, bundle, calib_size=calib_size, **short,
+                             **_placement_args(suite, name, runtime, placements))
             api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8")
-            info = {"path": work / f"{tag}.onnx", "ptq_seconds": q["ptq_seconds"], "bundle": bundle,
-                    "iterations": SPEED_ITERS if short else None, "fallback": q["fallback"]}
-            if target and suite == "speed":
-                _save_placement(bundle, placements / f"{name}-{target}.json")
-            for runtime in (RUNTIMES if target is None else (target,)):
-                artifacts[(recipe, runtime)] = info
+            made[f"{tag}.onnx"] = {"iterations": SPEED_ITERS if short else None, "fallback": q["fallback"],
+                                   "bundle": bundle}
+            if runtime and suite == "speed":
+                _save_placement(bundle, placements / f"{name}-{runtime}.json")
+            for r in ((runtime,) if runtime else RUNTIMES):
+                variant.built[TARGET_OF[r]] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
+        variants.append(variant)
         if i == 0:
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
     spec_in = InputSpec.from_dict(read_artifact(work / "fp32.onnx")["input"])
-    calib = load_data("zoo", spec_in, limit=calib_size or 256)
-    seconds = ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x)
-    for runtime in RUNTIMES:
-        artifacts[("fp32", runtime)] = {"path": work / "fp32.onnx", "ptq_seconds": None}
-        artifacts[("ort-minmax", runtime)] = {"path": work / "ort-minmax.onnx", "ptq_seconds": round(seconds, 2)}
-    keys = sorted(artifacts, key=lambda k: (_variant_rank(k[0], recipes), RUNTIMES.index(k[1])))
-    accuracy = _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit, metric) if suite == "zoo" else {}
-    latency = {1: _latency(keys, artifacts, runs, 1)}
-    if suite == "speed":
-        latency[8] = _latency(keys, artifacts, max(20, runs // 4), 8)
-    return [_row(suite, name, k, artifacts[k], accuracy, latency, spec_in) for k in keys]
+    calib = load_data(ZOO_CALIB, spec_in, limit=calib_size or 256)
+    seconds = round(ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x), 2)
+    targets = [get_target(t) for t in BENCH_TARGETS]
+    variants = [Variant("fp32", "float", {t.name: Built(work / "fp32.onnx") for t in targets}),
+                Variant("ort-minmax", "baseline", {t.name: Built(work / "ort-minmax.onnx", seconds) for t in targets}),
+                *variants]
+    chosen = metric.load() if suite == "zoo" else None
+    report = assess({"spec": spec, "input_shape": list(spec_in.shape)}, variants, targets,
+                    ZOO_TEST if suite == "zoo" else None, eval_limit, chosen, runs, batch=1)
+    batch8 = _latency(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
+    torch_scores = {}
+    if suite == "zoo":   # the bundle's fake-quant torch model on the same images (what the export must match)
+        for file, info in made.items():
+            evaluated = api.evaluate(info["bundle"], ZOO_TEST, limit=eval_limit, metric=metric)
+            torch_scores[file] = evaluated["metric"]["value"]
+    rows = [_row(suite, name, r, report, batch8, made.get(r.get("artifact")) or {}, torch_scores.get(r.get("artifact")))
+            for r in report["rows"]]
+    return sorted(rows, key=lambda r: (_variant_rank(r["variant"], recipes), RUNTIMES.index(r["runtime"]))), report
 
 
 BENCH_TARGETS = ("x86-cpu-ort", "x86-cpu-openvino")   # the CPU targets that run on this machine
 TARGET_OF = {get_target(t).runtime: t for t in BENCH_TARGETS}   # rows name the runtime
 RUNTIMES = tuple(TARGET_OF)
+ZOO_CALIB = str(shipped_set("zoo-calib"))   # calib/zoo-calib.yaml: 256 Fashion-MNIST training images
+ZOO_TEST = str(shipped_set("zoo-test"))     # calib/zoo-test.yaml: the 10,000-image test split
 
 
 def _variant_rank(variant: str, recipes: list[str]) -> int:
@@ -163,54 +189,30 @@ def _save_placement(bundle: Path, path: Path) -> None:
     write_text_atomic(path, json.dumps(read_placement(bundle), indent=2) + "\n")
 
 
-def _accuracy(suite, keys, artifacts, recipes, spec_in, eval_limit, metric) -> dict:
-    """``metric`` (top-1 unless the bench was given another) of every exported artifact, and of the
-    bundle's torch model for edgeq recipes; FP32 on the same runtime is the reference."""
-    from . import api
-    from .data import load_data
-    from .metrics import top1_agreement
-    from .profile.latency import open_session
-
-    test = load_data("zoo:test", spec_in, limit=eval_limit, what="evaluation")
-    outputs = {k: open_session(artifacts[k]["path"], TARGET_OF[k[1]], None, None)[1].run(test.samples) for k in keys}
-    chosen = metric.load()
-    result = {}
-    for k in keys:
-        reference = outputs[("fp32", k[1])]
-        result[k] = {"metric": chosen, "score": chosen.score(outputs[k], test.labels, reference),
-                     "fp32_score": chosen.score(reference, test.labels, reference),
-                     "agreement": top1_agreement(outputs[k][0], reference[0]), "eval_samples": len(test)}
-        if k[0] in recipes and "bundle" in artifacts[k]:
-            evaluated = api.evaluate(artifacts[k]["bundle"], "zoo:test", limit=eval_limit, metric=metric)
-            result[k]["score_torch"] = evaluated["metric"]["value"]
-    return result
-
-
-def _latency(keys, artifacts, runs: int, batch: int) -> dict:
-    from .profile.latency import measure_interleaved
-    paths = {k: (artifacts[k]["path"], TARGET_OF[k[1]]) for k in keys}
-    return measure_interleaved(paths, runs=runs, warmup=10, batch=batch)
-
-
-def _row(suite, name, key, art, accuracy, latency, spec_in) -> dict:
-    variant, runtime = key
-    ort_fp32 = ("fp32", "ort")
-    acc = accuracy.get(key) or {}
-    row = {"suite": suite, "model": name, "variant": variant, "runtime": runtime,
-           **_accuracy_fields(acc), "reconstruction_iterations": art.get("iterations")}
-    for batch, measured in latency.items():
-        suffix = "" if batch == 1 else f"_b{batch}"
-        row[f"latency_ms_p50{suffix}"] = measured[key].p50_ms
-        row[f"latency_ms_p90{suffix}"] = measured[key].p90_ms
-        row[f"speedup_vs_fp32{suffix}"] = round(measured[ort_fp32].p50_ms / measured[key].p50_ms, 3)
-        row[f"speedup_vs_runtime_fp32{suffix}"] = round(measured[("fp32", runtime)].p50_ms / measured[key].p50_ms, 3)
-    fallback = art.get("fallback") or {}
-    row.update({"ptq_seconds": art["ptq_seconds"], "artifact_bytes": Path(art["path"]).stat().st_size,
-                "fallback_seconds": fallback.get("seconds"), "float_units": fallback.get("reverted_units"),
-                "units": fallback.get("units"), "placement": fallback.get("placement"),
-                "input_shape": list(spec_in.shape), "eval_samples": acc.get("eval_samples"),
-                **_cpu_fields()})
-    return row
+def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dict, score_torch) -> dict:
+    """A bench.json row from a report row (bench.json keeps the fields earlier bench runs wrote)."""
+    runtime = get_target(row["target"]).runtime
+    out = {"suite": suite, "model": name, "variant": row["variant"], "runtime": runtime,
+           **_accuracy_fields(row, report["metric"], score_torch),
+           "reconstruction_iterations": made.get("iterations")}
+    ort_fp32 = next(r for r in report["rows"] if r["variant"] == "fp32" and r["target"] == TARGET_OF["ort"])
+    lat = row["latency"]
+    out.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"],
+               speedup_vs_fp32=round(ort_fp32["latency"]["p50_ms"] / lat["p50_ms"], 3),
+               speedup_vs_runtime_fp32=row["speedup_vs_target_fp32"],
+               speedup_interval=row.get("speedup_interval"), within_noise=row.get("within_noise"))
+    key = (row["variant"], row["target"])
+    if key in batch8:
+        fp32_b8 = batch8[("fp32", TARGET_OF["ort"])]["p50_ms"]
+        out.update(latency_ms_p50_b8=batch8[key]["p50_ms"], latency_ms_p90_b8=batch8[key]["p90_ms"],
+                   speedup_vs_fp32_b8=round(fp32_b8 / batch8[key]["p50_ms"], 3),
+                   speedup_vs_runtime_fp32_b8=round(batch8[("fp32", row["target"])]["p50_ms"] / batch8[key]["p50_ms"], 3))
+    fallback = made.get("fallback") or {}
+    out.update({"ptq_seconds": row["ptq_seconds"], "artifact_bytes": row["bytes"],
+                "fallback_seconds": fallback.get("seconds"), "float_units": row.get("float_units"),
+                "units": row.get("units"), "placement": row.get("placement"),
+                "input_shape": report["input_shape"], "eval_samples": report["data"]["samples"], **_cpu_fields()})
+    return out
 
 
 def _cpu_fields() -> dict:
@@ -218,19 +220,16 @@ def _cpu_fields() -> dict:
     return {"cpu": env["processor"], "isa": env["isa"]}
 
 
-def _accuracy_fields(acc: dict | None) -> dict:
+def _accuracy_fields(row: dict, metric: dict, score_torch) -> dict:
     """The row's metric in display units; top-1 rows keep the fields earlier reports used (fractions, pp)."""
-    if not acc:
+    if row.get("score") is None:
         return {"metric": None, "top1": None, "drop_pp": None, "top1_torch": None, "top1_agreement_vs_fp32": None}
-    metric, score = acc["metric"], acc["score"]
-    fields = {"metric": metric.name, "score": round(metric.display(score), 4),
-              "drop": round(metric.drop(acc["fp32_score"], score), 4), "score_torch": acc.get("score_torch"),
-              "top1_agreement_vs_fp32": round(acc["agreement"], 4)}
-    if metric.name == "top1":
-        fields.update(top1=round(score, 4), drop_pp=round(100 * (acc["fp32_score"] - score), 2),
-                      top1_torch=round(acc["score_torch"] / 100, 4) if "score_torch" in acc else None,
-                      onnx_minus_torch_pp=(round(100 * score - acc["score_torch"], 2) if "score_torch" in acc
-                                           else None))
+    fields = {"metric": metric["name"], "score": row["score"], "drop": row["drop"], "score_torch": score_torch,
+              "top1_agreement_vs_fp32": row.get("top1_agreement_vs_fp32")}
+    if metric["name"] == "top1":   # display units are percent
+        fields.update(top1=round(row["score"] / 100, 4), drop_pp=round(row["drop"], 2),
+                      top1_torch=round(score_torch / 100, 4) if score_torch is not None else None,
+                      onnx_minus_torch_pp=round(row["score"] - score_torch, 2) if score_torch is not None else None)
     return fields
 
 
@@ -251,12 +250,17 @@ def _merge(path: Path, rows: list[dict]) -> dict:
                                     "all variants of a model on both runtimes measured in alternating blocks of 5 "
                                     "runs in one run (each block after a 20 ms pause and one untimed run, so one "
                                     "runtime's spinning worker threads are not billed to the next); p50",
-                         "accuracy": "top-1 on the bundled Fashion-MNIST test set, exported ONNX in ONNX Runtime; "
+                         "accuracy": "top-1 on calib/zoo-test.yaml (the 10,000-image Fashion-MNIST test split) of "
+                                     "the exported ONNX run by the row's runtime, drop against FP32 on that runtime; "
                                      "top1_torch: the bundle's fake-quant torch model on the same images",
                          "ptq_seconds": "edgeq quantize wall time (capture, calibration, reconstruction), "
                                         "2 CPU threads, 256 calibration images (zoo) / 32 (speed)",
                          "speedup_vs_fp32": "ORT FP32 p50 / variant p50 of the same model",
-                         "speedup_vs_runtime_fp32": "FP32 p50 on the row's runtime / variant p50",
+                         "speedup_vs_runtime_fp32": "FP32 on the row's runtime / variant, from the paired blocks "
+                                                    "of the shared rotation; speedup_interval: its 90 % bootstrap "
+                                                    "interval, within_noise when that includes 1",
+                         "reports": "models/SUITE-MODEL/report.{json,md,html}: the same measurement as an edgeq "
+                                    "report (raw latency samples, per-layer decisions)",
                          "fallback_seconds": "outlier, budget and placement search time inside ptq_seconds"},
             "rows": kept + rows}
 

@@ -54,20 +54,26 @@ def test_inspect_zoo_json():
 @pytest.mark.slow
 def test_demo_writes_report(tmp_path):
     result = edgeq("demo", "-o", tmp_path / "demo")
-    assert (tmp_path / "demo" / "report.md").is_file()
-    rows = {r["variant"]: r for r in result["rows"]}
-    assert rows["int8"]["drop_pp"] <= 1.0 and rows["fp32"]["top1"] > 0.85
-    targets = {t["target"].split(" ")[0]: t for t in result["targets"]}
-    assert "0 lint findings" in targets["TensorRT"]["check"]
+    for name in ("report.md", "report.json", "report.html"):
+        assert (tmp_path / "demo" / name).is_file()
+    rows = {(r["variant"], r["target"]): r for r in result["rows"]}
+    for target in ("x86-cpu-ort", "x86-cpu-openvino"):
+        assert rows[("w8a8-fast", target)]["drop"] <= 1.0 and rows[("fp32", target)]["score"] > 85
+        assert rows[("w8a8-fast", target)]["bytes"] < 0.6 * rows[("fp32", target)]["bytes"]
+    assert not rows[("w8a8", "jetson-orin-trt")]["measured"]
+    exports = {e["target"].split(" ")[0]: e for e in result["exports"]}
+    assert "0 lint findings" in exports["TensorRT"]["check"]
     assert (tmp_path / "demo" / "model_tensorrt" / "model.onnx").is_file()
 
 
 @pytest.mark.slow
 def test_bench_one_zoo_model(tmp_path):
-    result = edgeq("bench", "--suite", "zoo", "--models", "mobilevit_xxs", "--eval-limit", "1000",
-                   "--runs", "20", "--out-dir", tmp_path)
-    variants = {r["variant"] for r in result["rows"]}
-    assert variants == {"fp32", "ort-minmax", "w8a8-fast"}
-    report = json.loads((tmp_path / "bench.json").read_text())
-    assert all(r["runtime"] == "ort" for r in report["rows"])
+    result = edgeq("bench", "--suite", "zoo", "--models", "mobilevit_xxs", "--recipes", "w8a8-fast",
+                   "--eval-limit", "1000", "--runs", "20", "--out-dir", tmp_path)
+    assert {(r["variant"], r["runtime"]) for r in result["rows"]} == {
+        (v, rt) for v in ("fp32", "ort-minmax", "w8a8-fast") for rt in ("ort", "openvino")}
+    assert all(r["eval_samples"] == 1000 and r["drop_pp"] is not None for r in result["rows"])
     assert (tmp_path / "bench.md").read_text().startswith("# edgeq bench")
+    report = json.loads((tmp_path / "models" / "zoo-mobilevit_xxs" / "report.json").read_text())
+    assert report["schema"] == "edgeq.report/1" and len(report["rows"]) == 6
+    assert (tmp_path / "models" / "zoo-mobilevit_xxs" / "report.html").is_file()

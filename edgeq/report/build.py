@@ -63,22 +63,34 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
     targets = [get_target(t) for t in spec.targets]
     recipes = {r: load_recipe(r) for r in spec.recipes}   # a bad recipe fails before any work
     metric = (spec.metric.load() if spec.metric is not None else None)
-    runnable = [t for t in targets if t.form == "onnx" and not t.unavailable()]
+    runnable = runnable_targets(targets)
     started = time.perf_counter()
     variants = _build_variants(spec, recipes, runnable, work)
     ui.log(f"report: {sum(len(v.built) for v in variants)} artifacts built in {time.perf_counter() - started:.0f} s; "
            f"measuring accuracy and latency on {', '.join(t.name for t in runnable) or 'no target'}")
-    scores = _accuracy(variants, runnable, spec, metric)
-    latency = _latency(variants, runnable, spec.runs)
-    rows = [_row(v, t, scores, latency) for t in targets for v in variants]
-    model = _model_of(spec.source, variants)
+    return assess(_model_of(spec.source, variants), variants, targets, spec.data, spec.eval_limit, metric, spec.runs)
+
+
+def runnable_targets(targets: list[Target]) -> list[Target]:
+    """The targets this machine can run (ONNX artifacts on a local runtime that is installed)."""
+    return [t for t in targets if t.form == "onnx" and not t.unavailable()]
+
+
+def assess(model: dict, variants: list["Variant"], targets: list[Target], data: str | None, eval_limit: int | None,
+           metric, runs: int, batch: int | None = None) -> dict:
+    """Measure built variants on ``targets`` and return the report: accuracy on ``data`` (None: latency
+    only), latency at ``batch`` (default: each target's first batch size)."""
+    runnable = runnable_targets(targets)
+    scores = _accuracy(variants, runnable, data, eval_limit, metric) if data else {}
+    latency = _latency(variants, runnable, runs, batch)
     return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model["spec"], "input_shape": model["input_shape"],
-            "data": {"source": spec.data, "samples": scores.get("samples"), "limit": spec.eval_limit},
+            "data": {"source": data, "samples": scores.get("samples"), "limit": eval_limit},
             "metric": scores.get("metric") or {"name": None, "unit": "", "higher_is_better": True},
             "targets": [_target_entry(t) for t in targets],
             "variants": [{"name": v.name, "kind": v.kind, "not_built": v.not_built} for v in variants],
-            "rows": rows, "env": {"machine": machine(), "versions": package_versions()}}
+            "rows": [_row(v, t, scores, latency) for t in targets for v in variants],
+            "env": {"machine": machine(), "versions": package_versions()}}
 
 
 # --- artifacts ------------------------------------------------------------------------------------------
@@ -146,7 +158,7 @@ def _ort_minmax(spec: ReportSpec, work: Path) -> float:
 
 # --- measurements ---------------------------------------------------------------------------------------
 
-def _accuracy(variants: list[Variant], runnable: list[Target], spec: ReportSpec, metric) -> dict:
+def _accuracy(variants: list[Variant], runnable: list[Target], data: str, eval_limit: int | None, metric) -> dict:
     """Scores of every artifact on every runnable target, against FP32 on the same target."""
     from ..data import load_data
     from ..export.onnx import read_artifact
@@ -159,7 +171,7 @@ def _accuracy(variants: list[Variant], runnable: list[Target], spec: ReportSpec,
         return {}
     record = read_artifact(next(iter(fp32.built.values())).path)
     specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
-    test = load_data(spec.data, specs, limit=spec.eval_limit, default_split="test", what="evaluation")
+    test = load_data(data, specs, limit=eval_limit, default_split="test", what="evaluation")
     if metric is None:
         name = default_metric(test.labels)
         metric = get_metric(name or "cosine")
@@ -177,21 +189,24 @@ def _accuracy(variants: list[Variant], runnable: list[Target], spec: ReportSpec,
             scores[(v.name, t.name)] = {"score": round(metric.display(score), 4),
                                         "fp32_score": round(metric.display(fp32_score), 4),
                                         "drop": round(metric.drop(fp32_score, score), 4),
-                                        "cosine_vs_fp32": fid["cosine"], "sqnr_db_vs_fp32": fid["sqnr_db"]}
+                                        "cosine_vs_fp32": fid["cosine"], "sqnr_db_vs_fp32": fid["sqnr_db"],
+                                        "top1_agreement_vs_fp32": fid.get("top1_agreement")}
     return scores
 
 
-def _latency(variants: list[Variant], runnable: list[Target], runs: int) -> dict:
-    """Every runnable (variant, target) timed in one rotation per batch size, with the raw samples."""
+def _latency(variants: list[Variant], runnable: list[Target], runs: int, batch: int | None = None) -> dict:
+    """Every runnable (variant, target) timed in one rotation per batch size (``batch``, or each target's
+    first), with the raw samples."""
     from ..profile.latency import interleave
     from ..profile.measure import latency_stats
     result = {}
-    for batch in sorted({t.batch_sizes[0] for t in runnable}):
-        paths = {(v.name, t.name): (v.built[t.name].path, t.name) for t in runnable if t.batch_sizes[0] == batch
+    batch_of = {t.name: batch or t.batch_sizes[0] for t in runnable}
+    for size in sorted(set(batch_of.values())):
+        paths = {(v.name, t.name): (v.built[t.name].path, t.name) for t in runnable if batch_of[t.name] == size
                  for v in variants if t.name in v.built}
-        probes = interleave(paths, runs, warmup=10, batch=batch, threads=None, target=runnable[0].name, block=BLOCK)
+        probes = interleave(paths, runs, warmup=10, batch=size, threads=None, target=runnable[0].name, block=BLOCK)
         for key, (_, session) in probes.items():
-            result[key] = {**latency_stats(session.times, batch), "threads": session.threads}
+            result[key] = {**latency_stats(session.times, size), "threads": session.threads}
     return result
 
 
