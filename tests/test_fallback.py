@@ -236,3 +236,27 @@ def test_paired_ratio_sees_through_machine_drift():
     assert 0.88 < faster.low <= faster.ratio <= faster.high < 0.92 and faster.faster(0.01)
     same = _ratio(drift, drift * (1 + rng.normal(0, 0.01, 20)), seed=0)
     assert same.low < 1.0 < same.high + 0.005 and not same.faster(0.01)
+
+
+def test_interleave_visits_models_in_a_new_order_each_round(tiny_onnx):
+    """A fixed order bills position effects (another runtime's threads still spinning, caches) to whichever
+    model always comes first; every model must lead some rounds and not others."""
+    from edgeq.profile import latency
+    from edgeq.runtimes.base import Session
+    visits = []
+    original = Session.step
+
+    def recording_step(self, record=True):
+        if record:
+            visits.append(id(self))
+        return original(self, record)
+
+    path = tiny_onnx["fp32"]["path"]
+    Session.step = recording_step
+    try:
+        probes = latency.interleave({"a": path, "b": (path, "x86-cpu-openvino"), "c": path}, runs=40, warmup=1,
+                                    batch=1, threads=1, target="x86-cpu-ort", block=2)
+    finally:
+        Session.step = original
+    firsts = [visits[i] for i in range(0, len(visits), 6)]   # 3 models x 2 runs per round
+    assert len(firsts) == 20 and len(set(firsts)) == 3 and all(len(p[1].times) == 40 for p in probes.values())

@@ -66,7 +66,12 @@ def open_session(path, target: str, batch: int, threads: int | None):
 
 def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
                 block: int) -> dict:
-    """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks."""
+    """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks.
+
+    Each round visits the models in a new random order (fixed seed): a model always timed first, right after
+    another runtime's threads, or always last, would carry that position's cost as if it were its own (an
+    artifact timed against an identical copy measured 1.25x "faster" with a fixed order on a loaded machine).
+    """
     probes = {}
     for key, value in paths.items():
         path, tgt = value if isinstance(value, tuple) else (value, target)
@@ -75,8 +80,10 @@ def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | N
     for probe in sessions:
         for _ in range(warmup):
             probe.step(record=False)
+    order = np.random.default_rng(0)
     for _ in range(math.ceil(runs / block)):
-        for probe in sessions:
+        for i in order.permutation(len(sessions)):
+            probe = sessions[i]
             time.sleep(SETTLE_S)
             probe.step(record=False)
             for _ in range(block):
