@@ -68,11 +68,22 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
         state = _resume_state(state_dir, loaded, rec, data, seed, resume)
     eval_set = _eval_set(eval_data, eval_size, loaded, labels)
     budget = _budget_metric(budget, eval_set)
-    fallback = FallbackRun(budget, eval_set, target, latency_search, placement)
+    fallback = FallbackRun(budget, eval_set, target, latency_search, placement, export_int8=_export_int8)
     result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
     return result
+
+
+def _export_int8(q, decisions, data, path: Path) -> Path:
+    """The model as decided so far, as the int8 QDQ ONNX the placement search starts from."""
+    import tempfile
+
+    from .quant.pipeline import write_quantized
+    with tempfile.TemporaryDirectory(prefix="edgeq-candidate-", dir=path.parent) as tmp:
+        write_quantized(q, Path(tmp) / "b.edgeq", 0, data, "cpu", decisions)
+        export(Path(tmp) / "b.edgeq", "onnx", path, precision="int8")
+    return path
 
 
 @dataclass(frozen=True)
@@ -355,7 +366,8 @@ def _sensitivity(loaded, calib, calib_size, recipe, eval_data, eval_size) -> dic
     from .data import load_data
     from .fallback.sensitivity import Probe, analyse
     from .fallback.units import FloatSwitch, build_units
-    from .quant.pipeline import build_quantized, run_graph
+    from .quant.pipeline import build_quantized
+    from .samples import run_graph
 
     rec = _recipe_with_overrides(recipe, calib_size, None, None, None, None, None)
     data = load_data(calib, loaded.input_specs, limit=rec.calibration.samples)

@@ -14,7 +14,7 @@ from .models.intake import InputSpec
 from .profile.latency import open_session
 from .runtimes import ort as ort_cpu
 from .target import DEFAULT_TARGET, get_target
-from .quant.pipeline import run_graph
+from .samples import run_graph
 
 
 def input_specs_of(record: dict, sess) -> list[InputSpec]:

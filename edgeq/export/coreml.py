@@ -32,7 +32,7 @@ from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
-from ..quant.pipeline import run_graph
+from ..samples import run_graph
 from .onnx import bit_widths, float_layers, placement_note, sidecar_path
 
 FLAVOURS = ("w8a8", "w8", "fp16")

@@ -28,7 +28,7 @@ from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
 from ..runtimes.base import onnx_file
 from ..quant import meta_kernels
-from ..quant.pipeline import run_graph
+from ..samples import run_graph
 from ..trace.capture import dynamic_shapes
 from . import graph_extras
 from .fusion_check import check_fused_groups

@@ -29,7 +29,7 @@ from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
-from ..quant.pipeline import run_graph
+from ..samples import run_graph
 from .onnx import _batch, _export, bit_widths, float_layers, placement_note, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .. import ui
 from ..data import Dataset
@@ -140,6 +141,9 @@ class FallbackRun:
     target: str = DEFAULT_TARGET
     latency_search: bool | None = None   # None: the recipe decides
     placement: dict | None = None        # a placement found earlier (read_placement), applied instead of a search
+    # writes the model as decided so far as an int8 QDQ ONNX: export_int8(q, decisions, data, path). The caller
+    # passes it in, so this stage never calls back up into the pipeline or the exporter that drive it.
+    export_int8: Callable | None = None
     _budget_metric: budget_search.BudgetMetric | None = field(default=None, init=False, repr=False)
 
     def apply(self, q, data: Dataset, out: Path) -> FallbackResult:
@@ -163,7 +167,10 @@ class FallbackRun:
                                               "verdict": f"not searched: {_cannot_search(self.target)}; "
                                                          f"the recipe's placement is kept"}
             elif search:
-                result.report["placement"] = _placement(q, data, units, switch, result, self.target, out)
+                if self.export_int8 is None:
+                    raise EdgeqError("the latency placement search needs an int8 exporter (FallbackRun.export_int8).")
+                result.report["placement"] = _placement(q, data, units, switch, result, self.target, out,
+                                                        self.export_int8)
         if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
             with stage("accuracy budget"):
                 metric = self._metric(q, data, units, switch)
@@ -211,7 +218,7 @@ def _fmt(m: dict) -> str:
 
 
 def _run(q, x):
-    from ..quant.pipeline import run_graph
+    from ..samples import run_graph
     return run_graph(q.gm, x, q.batch_size)
 
 
@@ -239,11 +246,8 @@ def _cannot_search(target: str) -> str | None:
 
 
 def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult,
-               target: str, out: Path) -> dict:
+               target: str, out: Path, export_int8: Callable) -> dict:
     """Export the model as decided so far, time candidate placements on ``target``, float the losers."""
-    from ..api import export
-    from ..quant.pipeline import write_quantized
-
     live = [u for u in units if u.name not in switch.floated]
     if not live:
         return {"target": target, "verdict": "nothing left in int8 to place", "steps": []}
@@ -251,9 +255,8 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
     try:
         started = time.perf_counter()
         provisional = dataclasses.replace(result, report=dict(result.report))
-        write_quantized(q, work / "b.edgeq", 0, data, "cpu", provisional)
         with ui.quiet():
-            export(work / "b.edgeq", "onnx", work / "int8.onnx", precision="int8")
+            export_int8(q, provisional, data, work / "int8.onnx")
         export_seconds = time.perf_counter() - started
         renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
         to_new = {u.name: renamed[u.layers[0]].act_module for u in live}

@@ -16,7 +16,7 @@ from ..envinfo import int8_dot_saturates, machine, package_versions
 from ..memory import release_freed_memory
 from ..metrics import compare_outputs
 from ..models.intake import LoadedModel
-from ..samples import Outputs, Samples, output_names, run_graph  # noqa: F401 - run_graph is imported from here too
+from ..samples import Outputs, Samples, output_names, run_graph
 from ..trace.blocks import BlockMap, build_block_map
 from ..trace.capture import capture, fold_batchnorm, has_dynamic_batch, to_graph_module
 from ..trace.reparam import reparameterize
