@@ -284,9 +284,20 @@ def to_markdown(report: dict) -> str:
         lines += [f"## {suite} suite", "", "| " + " | ".join(ROW_FIELDS) + " |",
                   "|" + "---|" * len(ROW_FIELDS)]
         for r in rows:
-            lines.append("| " + " | ".join(_cell(r.get(f)) for f in ROW_FIELDS) + " |")
+            lines.append("| " + " | ".join(_field_cell(r, f) for f in ROW_FIELDS) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _field_cell(row: dict, field: str) -> str:
+    """A row whose units are all float is the FP32 graph and says so; a speed-up whose paired-block interval
+    includes 1 is noise and is printed as such."""
+    if field == "variant" and row.get("units") and row.get("float_units") == row["units"]:
+        return f"{row['variant']} (all float)"
+    if field == "speedup_vs_runtime_fp32" and row.get("within_noise") and row["variant"] != "fp32":
+        low, high = row["speedup_interval"]
+        return f"≈1 ({low:.2f}–{high:.2f})"
+    return _cell(row.get(field))
 
 
 def _cell(value) -> str:
