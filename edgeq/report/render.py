@@ -56,8 +56,17 @@ def _export_cells(report: dict) -> list[list[str]]:
 
 
 def _metric_title(metric: dict) -> str:
-    unit = f", {metric['unit']}" if metric.get("unit") else ""
-    return f"{metric.get('name') or 'score'}{unit}"
+    """The metric column's title: a "pp" metric (top-1) shows percent; its drops are percentage points."""
+    unit = {"pp": "%", "": ""}.get(metric.get("unit") or "", metric.get("unit"))
+    return f"{metric.get('name') or 'score'}" + (f" ({unit})" if unit else "")
+
+
+def _header(metric: dict) -> list[str]:
+    header = list(COLUMNS)
+    header[2] = _metric_title(metric)
+    if metric.get("unit"):
+        header[3] = f"drop ({metric['unit']})"
+    return header
 
 
 def _intro(report: dict) -> list[str]:
@@ -66,8 +75,9 @@ def _intro(report: dict) -> list[str]:
     return [f"Model {report['model']}, input {report.get('input_shape')}; {_metric_title(report['metric'])} on "
             f"{data['source']} ({data.get('samples') or '–'} samples), measured on each target's runtime on the "
             f"exported file it runs; drop against FP32 on the same target.",
-            f"Latency: every measured row in alternating blocks in one run (batch and threads from each target's "
-            f"file), on {env['processor']}, {env['cpu_count']} cores, ISA {', '.join(env.get('isa') or ['unknown'])}. "
+            f"Latency: every measured row in one run, in blocks of 5 runs visited in a new random order each round "
+            f"(batch and threads from each target's file); speed-ups from paired blocks with a 90 % interval, "
+            f"\"≈1\" when it includes 1; on {env['processor']}, {env['cpu_count']} cores, ISA {', '.join(env.get('isa') or ['unknown'])}. "
             f"Generated {report['generated']}."]
 
 
@@ -81,9 +91,7 @@ def bundles(report: dict) -> list[tuple[dict, list[str]]]:
 
 
 def to_markdown(report: dict) -> str:
-    metric = report["metric"]
-    header = list(COLUMNS)
-    header[2] = _metric_title(metric)
+    header = _header(report["metric"])
     lines = [f"# edgeq report: {report['model']}", "", *_intro(report), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for _, cells in table_rows(report)]
@@ -130,8 +138,7 @@ SCRIPT = """
 def to_html(report: dict) -> str:
     esc = html.escape
     metric = report["metric"]
-    header = list(COLUMNS)
-    header[2] = _metric_title(metric)
+    header = _header(metric)
     parts = [f"<h1>edgeq report: {esc(report['model'])}</h1>"] + [f"<p class='note'>{esc(p)}</p>"
                                                                    for p in _intro(report)]
     parts.append("<h2>Accuracy against latency, per target</h2>")
