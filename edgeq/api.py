@@ -281,11 +281,24 @@ def _resume_state(state_dir: Path, loaded, rec, data, seed: int, resume: bool):
     return state
 
 
-def export(bundle: str | Path, to: str = "onnx", out: str | Path = "model.onnx", *,
+def export(bundle: str | Path, to: str | None = "onnx", out: str | Path = "model.onnx", *,
            precision: str | None = None, opset: int = 18, force: bool = False, compute_units: str = "ALL",
-           dynamic_batch: bool = False, simplify: bool = False) -> dict:
+           dynamic_batch: bool = False, simplify: bool = False, target: str | None = None) -> dict:
     """``onnx``: QDQ int8 / fp16 / fp32 file; ``tensorrt``: a folder with the explicit-quantization ONNX
-    (and an engine where TensorRT is installed); ``coreml``: an ``.mlpackage`` (w8a8 / w8 / fp16)."""
+    (and an engine where TensorRT is installed); ``coreml``: an ``.mlpackage`` (w8a8 / w8 / fp16).
+    ``target`` (a device target) decides the form, and the record notes layers kept float by a latency
+    placement searched for another target."""
+    if target is not None:
+        found = get_target(target)
+        if to not in (None, found.form):
+            raise ArtifactError(f"--to {to} does not match target {found.name}, which runs {found.form} artifacts.")
+        to = found.form
+        result = export(bundle, to, out, precision=precision, opset=opset, force=force, compute_units=compute_units,
+                        dynamic_batch=dynamic_batch, simplify=simplify)
+        from .bundle import read_bundle
+        from .export.onnx import placement_note
+        return {**result, "target": found.name, "placement_note": placement_note(read_bundle(bundle), found.name)}
+    to = to or "onnx"
     if to not in EXPORT_TARGETS:
         raise ArtifactError(f"unknown export target {to!r}: use {', '.join(EXPORT_TARGETS)}.")
     if to == "coreml":

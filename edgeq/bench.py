@@ -113,7 +113,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     from .data import load_data
     from .export.onnx import read_artifact
     from .models.intake import InputSpec
-    from .report.build import Built, Variant, _latency, assess
+    from .report.build import Built, Variant, assess, time_variants
 
     work.mkdir(parents=True)
     spec = f"zoo:{name}" if suite == "zoo" else f"timm:{name}"
@@ -149,7 +149,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     chosen = metric.load() if suite == "zoo" else None
     report = assess({"spec": spec, "input_shape": list(spec_in.shape)}, variants, targets,
                     ZOO_TEST if suite == "zoo" else None, eval_limit, chosen, runs, batch=1)
-    batch8 = _latency(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
+    batch8 = time_variants(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
     torch_scores = {}
     if suite == "zoo":   # the bundle's fake-quant torch model on the same images (what the export must match)
         for file, info in made.items():

@@ -159,7 +159,9 @@ def _print_quantize(r: dict) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--to", "to", default="onnx", show_default=True, help="Export target: onnx, tensorrt or coreml.")
+@click.option("--to", "to", default=None, help="Export form: onnx (default), tensorrt or coreml.")
+@click.option("--target", default=None, help="Device target (targets/ name or YAML): exports the form and precision "
+                                             "it runs, and notes float layers placed for another target.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="File (onnx), folder (tensorrt) or NAME.mlpackage (coreml) to write.")
 @click.option("--precision", default=None,
@@ -171,10 +173,10 @@ def _print_quantize(r: dict) -> None:
               type=click.Choice(["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]), help="coreml only.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @command
-def export(bundle, to, out, precision, opset, dynamic_batch, simplify, compute_units, force, as_json):
+def export(bundle, to, target, out, precision, opset, dynamic_batch, simplify, compute_units, force, as_json):
     """Export a quantized bundle and check its fidelity against the torch model."""
     from . import api
-    result = api.export(bundle, to, out, precision=precision, opset=opset, force=force,
+    result = api.export(bundle, to, out, precision=precision, opset=opset, force=force, target=target,
                         compute_units=compute_units, dynamic_batch=dynamic_batch, simplify=simplify)
     _emit(result, as_json, _print_export)
 

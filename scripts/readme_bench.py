@@ -19,11 +19,24 @@ def floats(r: dict) -> str:
     return "–" if r.get("units") is None else f"{r['float_units']}/{r['units']}"
 
 
+def variant(r: dict) -> str:
+    """A row whose units are all float is the FP32 graph and says so."""
+    return f"{r['variant']} (all float)" if r.get("units") and r.get("float_units") == r["units"] else r["variant"]
+
+
+def own_speedup(r: dict) -> str:
+    """Speed-up over FP32 on the row's runtime; "≈1" when its paired-block interval includes 1 (noise)."""
+    if r.get("within_noise") and r["variant"] != "fp32":
+        low, high = r["speedup_interval"]
+        return f"≈1 ({low:.2f}–{high:.2f})"
+    return num(r.get("speedup_vs_runtime_fp32"), "{:.2f}x")
+
+
 def zoo_table(rows: list[dict]) -> list[str]:
     lines = ["| model | variant | runtime | top-1 % | drop pp | top-1 % torch | agreement w/ FP32 % | float units | "
              "PTQ s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['runtime']} | {pct(r['top1'])} | {num(r['drop_pp'])} | "
+        lines.append(f"| {r['model']} | {variant(r)} | {r['runtime']} | {pct(r['top1'])} | {num(r['drop_pp'])} | "
                      f"{pct(r.get('top1_torch'))} | {pct(r.get('top1_agreement_vs_fp32'))} | {floats(r)} | "
                      f"{num(r['ptq_seconds'], '{:.1f}')} |")
     return lines
@@ -35,8 +48,8 @@ def speed_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         search = f" ({r['fallback_seconds']:.0f})" if r.get("fallback_seconds") else ""
-        lines.append(f"| {r['model']} | {r['variant']} | {r['runtime']} | {num(r['latency_ms_p50'])} | "
-                     f"{num(r['speedup_vs_fp32'], '{:.2f}x')} | {num(r.get('speedup_vs_runtime_fp32'), '{:.2f}x')} | "
+        lines.append(f"| {r['model']} | {variant(r)} | {r['runtime']} | {num(r['latency_ms_p50'])} | "
+                     f"{num(r['speedup_vs_fp32'], '{:.2f}x')} | {own_speedup(r)} | "
                      f"{num(r.get('speedup_vs_fp32_b8'), '{:.2f}x')} | "
                      f"{num(r.get('speedup_vs_runtime_fp32_b8'), '{:.2f}x')} | {floats(r)} | "
                      f"{num(r['ptq_seconds'], '{:.0f}')}{search} |")

@@ -109,6 +109,17 @@ def test_placement_from_another_runtime_is_flagged():
     assert note.startswith("1 layers are float because the latency placement measured on ort-cpu")
     assert "--no-latency-search" in note
     assert placement_note(SimpleNamespace(manifest={"layers": {"c": layers["c"]}}), "CoreML") is None
+    assert placement_note(SimpleNamespace(manifest={"layers": layers}), "ort-cpu") is None   # placed for it
+
+
+def test_export_for_a_target_takes_its_form(tiny_bundle, tmp_path):
+    from edgeq import api
+    from edgeq.errors import ArtifactError
+    result = api.export(tiny_bundle, None, tmp_path / "m.onnx", target="x86-cpu-openvino")
+    assert result["format"] == "onnx" and result["target"] == "x86-cpu-openvino" and result["placement_note"] is None
+    with pytest.raises(ArtifactError, match="--to tensorrt does not match target x86-cpu-ort, which runs onnx"):
+        api.export(tiny_bundle, "tensorrt", tmp_path / "t", target="x86-cpu-ort")
+    assert not (tmp_path / "t").exists()
 
 
 # --- the TensorRT lint ----------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ them: the check there counts the MIL ops in the saved spec, and fidelity is reco
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import platform
 import re
@@ -26,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, ui
+from .. import ui
 from ..bundle import Bundle, float_graph, quantized_graph, read_bundle, require_plain_input
 from ..errors import ArtifactError
-from ..fsutil import atomic_path, check_output
+from ..fsutil import atomic_path
 from ..metrics import compare
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
 from ..samples import run_graph
-from .onnx import bit_widths, float_layers, placement_note, sidecar_path
+from .artifact import artifact_record, check_outputs, float_layers, write_sidecar
+from .onnx import placement_note
 
 FLAVOURS = ("w8a8", "w8", "fp16")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
@@ -50,8 +49,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
     out = Path(out)
     if out.suffix != ".mlpackage":
         raise ArtifactError(f"a CoreML ML program is a folder ending in .mlpackage; got {out}.")
-    out = check_output(out, force, is_dir=True)
-    check_output(sidecar_path(out), force=True)
+    out = check_outputs(out, force, is_dir=True)
     bundle = read_bundle(bundle_path)
     require_plain_input(bundle, "--to coreml")
     gm = float_graph(bundle) if flavour == "fp16" else quantized_graph(bundle)
@@ -65,23 +63,16 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
         if problems:
             raise ArtifactError(f"the CoreML {flavour} package does not hold what edgeq put in: {problems[0]}; "
                                 f"please report this.")
-        record = {
-            "path": str(out), "format": "coreml-mlprogram", "precision": flavour,
-            "minimum_deployment_target": "iOS17 / macOS14", "compute_units": compute_units,
-            "compute_precision": "float16", "sha256": _tree_hash(tmp), "bytes": _tree_size(tmp),
-            "input": bundle.manifest["input"], "dynamic_batch": False,
-            "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
-            "recipe": bundle.manifest["recipe"]["name"] if flavour != "fp16" else None,
-            "layer_precisions": bit_widths(bundle) if flavour != "fp16" else None,
-            "float_layers": {"layers": float_layers(bundle) if flavour != "fp16" else "all",
-                             "precision": "FP16 (no quantizer; compute precision float16)"},
-            "mil_ops": ops["all"], "mil_op_dtypes": ops["compute_dtypes"], "expected_quant_ops": expected,
-            "fidelity_vs_torch": _fidelity(mlmodel, gm, bundle, flavour),
-            "placement_note": placement_note(bundle, "CoreML"),
-            "created_by": f"edgeq {__version__}",
-        }
-        with atomic_path(sidecar_path(out)) as side:   # the record lands just before the package
-            side.write_text(json.dumps(record, indent=2) + "\n")
+        quantized = flavour != "fp16"
+        record = artifact_record(
+            out, tmp, "coreml-mlprogram", flavour, bundle, bundle_path, quantized, _fidelity(mlmodel, gm, bundle, flavour),
+            minimum_deployment_target="iOS17 / macOS14", compute_units=compute_units, compute_precision="float16",
+            dynamic_batch=False,
+            float_layers={"layers": float_layers(bundle) if quantized else "all",
+                          "precision": "FP16 (no quantizer; compute precision float16)"},
+            mil_ops=ops["all"], mil_op_dtypes=ops["compute_dtypes"], expected_quant_ops=expected,
+            placement_note=placement_note(bundle, "CoreML"))
+        write_sidecar(out, record)   # the record lands just before the package
     return record
 
 
@@ -202,15 +193,3 @@ def _fidelity(mlmodel, gm, bundle: Bundle, flavour: str) -> dict:
     x = bundle.samples.inputs[0]
     outs = [mlmodel.predict({"input": x[i: i + 1]})["output"] for i in range(len(x))]
     return {**compare(run_graph(gm, x, 1)[0], np.concatenate(outs)), "verifiable": True, "reference": reference}
-
-
-def _tree_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(f.relative_to(path)).encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
-
-
-def _tree_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

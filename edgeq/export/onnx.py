@@ -9,7 +9,6 @@ sha256, input spec, the bundle it came from, op counts and fidelity against the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -23,7 +22,7 @@ import torch
 from .. import __version__, ui
 from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
 from ..errors import ArtifactError, OutputError
-from ..fsutil import atomic_path, check_output
+from ..fsutil import atomic_path
 from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
 from ..runtimes.base import onnx_file
@@ -31,15 +30,12 @@ from ..quant import meta_kernels
 from ..samples import run_graph
 from ..trace.capture import dynamic_shapes
 from . import graph_extras
+from .artifact import artifact_record, check_outputs, sidecar_path, write_sidecar
 from .fusion_check import check_fused_groups
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
 MIN_OPSET = 17
-
-
-def sidecar_path(path: str | Path) -> Path:
-    return Path(str(path) + ".json")
 
 
 def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8", opset: int = 18,
@@ -48,8 +44,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         raise ArtifactError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if opset < MIN_OPSET:
         raise ArtifactError(f"--opset must be at least {MIN_OPSET} for QDQ export, got {opset}.")
-    out = check_output(out, force)
-    check_output(sidecar_path(out), force=True)
+    out = check_outputs(out, force)
     bundle = read_bundle(bundle_path)
     gm = quantized_graph(bundle) if precision == "int8" else float_graph(bundle)
     with atomic_path(out) as tmp:
@@ -63,22 +58,14 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         model = onnx.load(str(tmp))
         fidelity = compare_outputs(run_graph(gm, bundle.samples, _batch(bundle)),
                                    ort_cpu.run(ort_cpu.session(tmp), bundle.samples))
-        record = {
-            "path": str(out), "format": "onnx", "precision": precision, "opset": opset,
-            "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(), "bytes": tmp.stat().st_size,
-            "input": bundle.manifest["input"], "inputs": [s.to_dict() for s in bundle.input_specs],
-            "outputs": bundle.output_names, "dynamic_batch": bundle.manifest["dynamic_batch"] or dynamic_batch,
-            "lengths_checked": _lengths_checked(bundle),
-            "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
-            "recipe": bundle.manifest["recipe"]["name"] if precision == "int8" else None,
-            "layer_precisions": bit_widths(bundle) if precision == "int8" else None,
-            "op_counts": count_ops(model), "passes": passes,
-            "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model" if precision == "int8"
-                                  else "torch float model"},
-            "created_by": f"edgeq {__version__}",
-        }
-        with atomic_path(sidecar_path(out)) as side:
-            side.write_text(json.dumps(record, indent=2) + "\n")
+        quantized = precision == "int8"
+        record = artifact_record(
+            out, tmp, "onnx", precision, bundle, bundle_path, quantized,
+            {**fidelity, "reference": "torch fake-quant model" if quantized else "torch float model"},
+            opset=opset, inputs=[s.to_dict() for s in bundle.input_specs], outputs=bundle.output_names,
+            dynamic_batch=bundle.manifest["dynamic_batch"] or dynamic_batch,
+            lengths_checked=_lengths_checked(bundle), op_counts=count_ops(model), passes=passes)
+        write_sidecar(out, record)
     return record
 
 
@@ -88,25 +75,12 @@ def _lengths_checked(bundle: Bundle) -> list[int] | None:
     return sorted(int(v) for v in set(lengths.tolist())) if lengths is not None else None
 
 
-def bit_widths(bundle: Bundle) -> dict[str, int]:
-    """Layer precisions in the bundle (sub-8-bit layers run on 8-bit kernels with narrowed ranges)."""
-    counts: dict[str, int] = {}
-    for layer in bundle.manifest["layers"].values():
-        counts[layer["precision"]] = counts.get(layer["precision"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def float_layers(bundle: Bundle) -> list[str]:
-    """Quantizable layers the bundle keeps in float (fallback decisions and recipe exclusions)."""
-    return sorted(n for n, d in bundle.manifest["layers"].items() if not d["quantized"])
-
-
 def placement_note(bundle: Bundle, target: str) -> str | None:
     """A warning when layers are float because a latency search on another runtime found int8 slower there:
     that decision does not carry over to ``target``."""
     searched: dict[str, int] = {}
     for layer in bundle.manifest["layers"].values():
-        if not layer["quantized"] and layer.get("stage") == "latency":
+        if not layer["quantized"] and layer.get("stage") == "latency" and layer["target"] != target:
             searched[layer["target"]] = searched.get(layer["target"], 0) + 1
     if not searched:
         return None

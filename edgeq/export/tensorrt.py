@@ -14,7 +14,6 @@ and ``trtexec.sh`` holds the equivalent command line.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -23,14 +22,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .. import __version__, ui
+from .. import ui
 from ..bundle import require_plain_input, quantized_graph, read_bundle
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
 from ..samples import run_graph
-from .onnx import _batch, _export, bit_widths, float_layers, placement_note, sidecar_path
+from .artifact import artifact_record, float_layers
+from .onnx import _batch, _export, placement_note, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual
 
@@ -61,22 +61,15 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
         (tmp / "trtexec.sh").write_text("#!/bin/sh\n# build the engine on the target (TensorRT installed)\n"
                                         f"cd \"$(dirname \"$0\")\"\n{command}\n")
         engine = build_engine(path, tmp / "model.engine", shape, dynamic, workspace_mib)
-        record = {
-            "path": str(out_dir / "model.onnx"), "format": "onnx-tensorrt", "precision": "int8",
-            "opset": opset, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size,
-            "input": bundle.manifest["input"], "dynamic_batch": dynamic,
-            "bundle": str(Path(bundle_path).resolve()), "model": bundle.manifest["model"]["spec"],
-            "recipe": bundle.manifest["recipe"]["name"], "layer_precisions": bit_widths(bundle),
-            "float_layers": {"layers": float_layers(bundle),
-                             "precision": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX"},
-            "op_counts": count_ops(model), "passes": passes,
-            "lint": [f.to_dict() for f in findings],
-            "fidelity_vs_torch": {**fidelity, "reference": "torch fake-quant model",
-                                  "runtime": "ONNX Runtime CPU (the engine itself is checked where it is built)"},
-            "engine": engine, "trtexec": command, "placement_note": placement_note(bundle, "TensorRT"),
-            "created_by": f"edgeq {__version__}",
-        }
-        sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")
+        record = artifact_record(
+            out_dir / "model.onnx", path, "onnx-tensorrt", "int8", bundle, bundle_path, True,
+            {**fidelity, "reference": "torch fake-quant model",
+             "runtime": "ONNX Runtime CPU (the engine itself is checked where it is built)"},
+            opset=opset, float_layers={"layers": float_layers(bundle),
+                                       "precision": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX"},
+            op_counts=count_ops(model), passes=passes, lint=[f.to_dict() for f in findings], engine=engine,
+            trtexec=command, placement_note=placement_note(bundle, "TensorRT"))
+        sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")   # inside the folder's atomic move
     return record
 
 

@@ -62,6 +62,8 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
         raise EdgeqError("--runs must be positive.")
     targets = [get_target(t) for t in spec.targets]
     recipes = {r: load_recipe(r) for r in spec.recipes}   # a bad recipe fails before any work
+    if not recipes and not _is_bundle(spec.source):
+        raise EdgeqError("give at least one recipe (--recipes) to report on a model.")
     metric = (spec.metric.load() if spec.metric is not None else None)
     runnable = runnable_targets(targets)
     started = time.perf_counter()
@@ -82,7 +84,7 @@ def assess(model: dict, variants: list["Variant"], targets: list[Target], data: 
     only), latency at ``batch`` (default: each target's first batch size)."""
     runnable = runnable_targets(targets)
     scores = _accuracy(variants, runnable, data, eval_limit, metric) if data else {}
-    latency = _latency(variants, runnable, runs, batch)
+    latency = time_variants(variants, runnable, runs, batch)
     return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model["spec"], "input_shape": model["input_shape"],
             "data": {"source": data, "samples": scores.get("samples"), "limit": eval_limit},
@@ -111,7 +113,8 @@ def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], wor
         for name, recipe in recipes.items():
             v = Variant(name, "edgeq")
             searched = recipe.fallback.latency_search
-            for t in (runnable if searched else [None]):
+            # one bundle per target its placement is searched on; one for all when nothing here can be searched
+            for t in (runnable if searched and runnable else [None]):
                 tag = f"{name}-{t.name}" if t else name
                 bundle = work / f"{tag}.edgeq"
                 ui.log(f"report: quantizing {spec.source} with {name}" + (f" for {t.name}" if t else ""))
@@ -194,7 +197,7 @@ def _accuracy(variants: list[Variant], runnable: list[Target], data: str, eval_l
     return scores
 
 
-def _latency(variants: list[Variant], runnable: list[Target], runs: int, batch: int | None = None) -> dict:
+def time_variants(variants: list[Variant], runnable: list[Target], runs: int, batch: int | None = None) -> dict:
     """Every runnable (variant, target) timed in one rotation per batch size (``batch``, or each target's
     first), with the raw samples."""
     from ..profile.latency import interleave
