@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .errors import CalibrationError
+from .yamlfile import read_mapping
 
 CALIB_DIR = Path(__file__).parent / "calib"
 FIELDS = ("name", "description", "source", "samples", "seed", "preprocessing", "labels", "licence")
@@ -53,24 +53,13 @@ def shipped(name: str) -> Path:
 
 def read_definition(path: str | Path) -> SetDefinition:
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"data set definition {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
-    if not isinstance(data, dict):
-        raise CalibrationError(f"{path} must be a mapping of data set fields ({', '.join(FIELDS)}).")
-    return _validated(data, path)
+    return _validated(read_mapping(path, FIELDS, "data set", CalibrationError), path)
 
 
 def _validated(data: dict, path: Path) -> SetDefinition:
     def bad(key: str, expected: str):
         return CalibrationError(f"{path}: field {key!r} must be {expected}, got {data.get(key)!r}.")
 
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise CalibrationError(f"{path}: unknown field {unknown[0]!r} (a data set has {', '.join(FIELDS)}).")
     for key in ("name", "source", "licence"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise bad(key, "a non-empty string")

@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import EdgeqError
 from .runtimes import get_runtime, runtimes
 from .runtimes.base import EXPORT_FORMS, PRECISIONS, Runtime
+from .yamlfile import read_mapping
 
 TARGET_DIR = Path(__file__).parent / "targets"
 DEFAULT_TARGET = "x86-cpu-ort"
@@ -83,24 +82,13 @@ def get_target(name_or_path: str | Target) -> Target:
 
 
 def read_target(path: Path) -> Target:
-    if not path.is_file():
-        raise TargetError(f"target file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TargetError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
-    if not isinstance(data, dict):
-        raise TargetError(f"{path} must be a mapping of target fields ({', '.join(FIELDS)}).")
-    return _validated(data, path)
+    return _validated(read_mapping(path, FIELDS, "target", TargetError), path)
 
 
 def _validated(data: dict, path: Path) -> Target:
     def bad(key: str, expected: str):
         return TargetError(f"{path}: field {key!r} must be {expected}, got {data.get(key)!r}.")
 
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise TargetError(f"{path}: unknown field {unknown[0]!r} (a target has {', '.join(FIELDS)}).")
     for key in ("name", "description", "runtime"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise bad(key, "a non-empty string")
