@@ -211,3 +211,26 @@ def test_interrupted_run_needs_resume_or_force(workdir):
 ])
 def test_bad_time_budget(workdir, extra, fragment):
     assert_clean_error(*quantize(workdir, *extra), fragment, workdir)
+
+
+def test_report_bad_input(workdir):
+    model = f"{os.path.dirname(__file__)}/tiny_models.py:tiny_hybrid"
+    out = workdir / "out-report"
+    for args, fragment in (
+            (("--targets", "x86-cpu-ort,nope"), "unknown target 'nope'"),
+            (("--runs", "0"), "--runs must be positive"),
+            (("--recipes", "w9a9"), "w9a9"),
+            (("--recipes", ""), "give at least one recipe"),
+            (("--targets", str(workdir / "missing.yaml")), "does not exist")):
+        code, output = run("report", model, "--calib", workdir / "calib.npy", "-o", out, *args)
+        assert_clean_error(code, output, fragment, workdir)
+        assert not out.exists()
+
+
+def test_report_from_another_schema_is_refused(tmp_path):
+    import json
+
+    from edgeq.report import ReportError, read_report
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "edgeq.report/0", "rows": []}))
+    with pytest.raises(ReportError, match="is edgeq.report/0; this edgeq reads edgeq.report/1"):
+        read_report(tmp_path)
