@@ -203,10 +203,10 @@ def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dic
                speedup_interval=row.get("speedup_interval"), within_noise=row.get("within_noise"))
     key = (row["variant"], row["target"])
     if key in batch8:
-        fp32_b8 = batch8[("fp32", TARGET_OF["ort"])]["p50_ms"]
-        out.update(latency_ms_p50_b8=batch8[key]["p50_ms"], latency_ms_p90_b8=batch8[key]["p90_ms"],
-                   speedup_vs_fp32_b8=round(fp32_b8 / batch8[key]["p50_ms"], 3),
-                   speedup_vs_runtime_fp32_b8=round(batch8[("fp32", row["target"])]["p50_ms"] / batch8[key]["p50_ms"], 3))
+        p50 = batch8[key]["p50_ms"]
+        out.update(latency_ms_p50_b8=p50, latency_ms_p90_b8=batch8[key]["p90_ms"],
+                   speedup_vs_fp32_b8=round(batch8[("fp32", TARGET_OF["ort"])]["p50_ms"] / p50, 3),
+                   speedup_vs_runtime_fp32_b8=round(batch8[("fp32", row["target"])]["p50_ms"] / p50, 3))
     fallback = made.get("fallback") or {}
     out.update({"ptq_seconds": row["ptq_seconds"], "artifact_bytes": row["bytes"],
                 "fallback_seconds": fallback.get("seconds"), "float_units": row.get("float_units"),

@@ -65,7 +65,8 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
                                 f"please report this.")
         quantized = flavour != "fp16"
         record = artifact_record(
-            out, tmp, "coreml-mlprogram", flavour, bundle, bundle_path, quantized, _fidelity(mlmodel, gm, bundle, flavour),
+            out, tmp, "coreml-mlprogram", flavour, bundle, bundle_path, quantized,
+            _fidelity(mlmodel, gm, bundle, flavour),
             minimum_deployment_target="iOS17 / macOS14", compute_units=compute_units, compute_precision="float16",
             dynamic_batch=False,
             float_layers={"layers": float_layers(bundle) if quantized else "all",

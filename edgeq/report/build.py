@@ -87,7 +87,7 @@ def assess(model: dict, variants: list["Variant"], targets: list[Target], data: 
     latency = time_variants(variants, runnable, runs, batch)
     return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model["spec"], "input_shape": model["input_shape"],
-            "data": {"source": data, "samples": scores.get("samples"), "limit": eval_limit},
+            "data": {"source": scores.get("source", data), "samples": scores.get("samples"), "limit": eval_limit},
             "metric": scores.get("metric") or {"name": None, "unit": "", "higher_is_better": True},
             "targets": [_target_entry(t) for t in targets],
             "variants": [{"name": v.name, "kind": v.kind, "not_built": v.not_built} for v in variants],
@@ -178,8 +178,8 @@ def _accuracy(variants: list[Variant], runnable: list[Target], data: str, eval_l
     if metric is None:
         name = default_metric(test.labels)
         metric = get_metric(name or "cosine")
-    scores = {"samples": len(test), "metric": {"name": metric.name, "unit": metric.unit,
-                                                "higher_is_better": metric.higher_is_better}}
+    scores = {"samples": len(test), "source": test.source,
+              "metric": {"name": metric.name, "unit": metric.unit, "higher_is_better": metric.higher_is_better}}
     for t in runnable:
         reference = open_session(fp32.built[t.name].path, t.name, None, None)[1].run(test.samples)
         fp32_score = metric.score(reference, test.labels, reference)

@@ -12,7 +12,7 @@ COLUMNS = ("variant", "target", "metric", "drop", "p50 ms", "p90 ms", "speed-up 
            "PTQ s", "float units")
 
 
-def table_cells(row: dict, metric: dict) -> list[str]:
+def table_cells(row: dict) -> list[str]:
     """The variant table's cells for one row (shared by Markdown and HTML)."""
     if not row["measured"]:
         return [row["label"], row["target"], f"not measured: {row['not_measured']}"] + ["–"] * (len(COLUMNS) - 3)
@@ -42,11 +42,11 @@ def table_rows(report: dict) -> list[tuple[bool, list[str]]]:
     cells, said = [], set()
     for row in report["rows"]:
         if row["measured"]:
-            cells.append((True, table_cells(row, report["metric"])))
+            cells.append((True, table_cells(row)))
         elif (row["target"], row["not_measured"]) not in said:
             said.add((row["target"], row["not_measured"]))
             variants = [r["label"] for r in report["rows"] if r["target"] == row["target"] and not r["measured"]]
-            cells.append((False, table_cells({**row, "label": ", ".join(variants)}, report["metric"])))
+            cells.append((False, table_cells({**row, "label": ", ".join(variants)})))
     return cells
 
 
@@ -77,8 +77,8 @@ def _intro(report: dict) -> list[str]:
             f"exported file it runs; drop against FP32 on the same target.",
             f"Latency: every measured row in one run, in blocks of 5 runs visited in a new random order each round "
             f"(batch and threads from each target's file); speed-ups from paired blocks with a 90 % interval, "
-            f"\"≈1\" when it includes 1; on {env['processor']}, {env['cpu_count']} cores, ISA {', '.join(env.get('isa') or ['unknown'])}. "
-            f"Generated {report['generated']}."]
+            f"\"≈1\" when it includes 1; on {env['processor']}, {env['cpu_count']} cores, "
+            f"ISA {', '.join(env.get('isa') or ['unknown'])}. Generated {report['generated']}."]
 
 
 def bundles(report: dict) -> list[tuple[dict, list[str]]]:
