@@ -112,6 +112,15 @@ def _defined(definition, specs, limit: int | None, default_split: str, what: str
     return _limit(data, limit)
 
 
+def check_exists(source: str, what: str) -> None:
+    """A data source that names a file or folder must exist: said before any work that would need it."""
+    if source == "zoo" or source.startswith("zoo:"):
+        return
+    path = Path(source) if is_definition(source) else _split_key(source)[0]
+    if not path.exists():
+        raise CalibrationError(f"{what} data {path} does not exist.")
+
+
 def _split_key(source: str) -> tuple[Path, str | None]:
     head, sep, key = source.rpartition(":")
     if sep and head.endswith(".npz"):

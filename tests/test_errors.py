@@ -221,7 +221,8 @@ def test_report_bad_input(workdir):
             (("--runs", "0"), "--runs must be positive"),
             (("--recipes", "w9a9"), "w9a9"),
             (("--recipes", ""), "give at least one recipe"),
-            (("--targets", str(workdir / "missing.yaml")), "does not exist")):
+            (("--targets", str(workdir / "missing.yaml")), "does not exist"),
+            (("--data", str(workdir / "missing.npz")), "evaluation data")):
         code, output = run("report", model, "--calib", workdir / "calib.npy", "-o", out, *args)
         assert_clean_error(code, output, fragment, workdir)
         assert not out.exists()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import ui
+from ..data import check_exists
 from ..envinfo import machine, package_versions
 from ..errors import EdgeqError
 from ..target import Target, get_target
@@ -64,6 +65,8 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
     recipes = {r: load_recipe(r) for r in spec.recipes}   # a bad recipe fails before any work
     if not recipes and not _is_bundle(spec.source):
         raise EdgeqError("give at least one recipe (--recipes) to report on a model.")
+    check_exists(spec.calib, "calibration")
+    check_exists(spec.data, "evaluation")   # before minutes of quantizing, not after
     metric = (spec.metric.load() if spec.metric is not None else None)
     runnable = runnable_targets(targets)
     started = time.perf_counter()
