@@ -78,3 +78,17 @@ def test_parse_input_shape(text, expected):
 def test_bad_specs(spec):
     with pytest.raises(ModelSpecError):
         load_model(spec, input_shape=(1, 3, 32, 32))
+
+
+def test_timm_random_init_is_the_same_model_every_load():
+    """Variants of one report are quantized from separate loads and compared with each other's FP32."""
+    import torch
+
+    from edgeq.models.intake import load_model
+    a, b = (load_model("timm:mobilevit_xxs", None, 10, None, None, False).module for _ in range(2))
+    torch.manual_seed(123)   # the fixed initialisation neither depends on nor moves the global generator
+    state = torch.random.get_rng_state()
+    c = load_model("timm:mobilevit_xxs", None, 10, None, None, False).module
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(x, y) and torch.equal(x, z), name

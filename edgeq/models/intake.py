@@ -195,7 +195,11 @@ def _load_timm(name: str, weights, num_classes, in_chans, input_shape, trust_pic
     if input_shape is not None and _takes_img_size(name):
         kwargs["img_size"] = tuple(input_shape[-2:])
     try:
-        module = timm.create_model(name, pretrained=False, **kwargs)
+        # a fixed initialisation: every load of the same spec without --weights is the same model, so the
+        # variants of one report (or bench) are quantized from, and compared against, identical weights
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - timm raises many types for bad kwargs
         raise ModelSpecError(f"timm could not build {name!r} with {kwargs}: {exc}.") from None
     if weights:
@@ -210,7 +214,7 @@ def _load_timm(name: str, weights, num_classes, in_chans, input_shape, trust_pic
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     return LoadedModel(f"timm:{name}", module.eval(), InputSpec(shape, tuple(mean), tuple(std)),
                        details={"source": "timm", "arch": name, **kwargs,
-                                "weights": str(weights) if weights else "random-init"})
+                                "weights": str(weights) if weights else "random-init (seed 0)"})
 
 
 def _takes_img_size(name: str) -> bool:
