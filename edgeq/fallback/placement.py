@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .. import ui
@@ -209,15 +210,15 @@ class Timer:
             return {}
 
     def compare(self, reference: Path, candidates: list[Path], factor: int = 1) -> list[Ratio]:
-        from ..profile.latency import compare, measure_interleaved
+        from ..profile.latency import BLOCK, compare, interleave
         key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}"])
         if key in self.entries:
             self.hits += 1
             return [Ratio(*r) for r in self.entries[key]]
         began = time.perf_counter()
-        probe = measure_interleaved({"a": reference}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
-                                    target=self.target)["a"]
-        per_model = PAIR_BUDGET_MS / max(probe.p50_ms, 0.05) / 2
+        _, probe = interleave({"a": reference}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
+                              target=self.target, block=BLOCK)["a"]
+        per_model = PAIR_BUDGET_MS / max(float(np.median(probe.times)), 0.05) / 2
         runs = max(30, min(60, int(per_model))) * factor
         ratios = compare(reference, candidates, runs=runs, batch=self.batch, threads=self.threads,
                          target=self.target)

@@ -106,11 +106,12 @@ def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], wor
     edgeq_variants, first_bundle = [], None
     if _is_bundle(spec.source):
         first_bundle = Path(spec.source)
-        name = _manifest(first_bundle)["recipe"]["name"]
+        manifest = _manifest(first_bundle)
+        name = manifest["recipe"]["name"]
         v = Variant(name, "edgeq")
         api.export(first_bundle, "onnx", work / f"{name}.onnx", precision="int8")
-        for t in runnable:
-            v.built[t.name] = Built(work / f"{name}.onnx", _manifest(first_bundle).get("ptq_seconds"), first_bundle)
+        built = Built(work / f"{name}.onnx", manifest.get("ptq_seconds"), first_bundle)
+        v.built = {t.name: built for t in runnable}
         edgeq_variants.append(v)
     else:
         for name, recipe in recipes.items():
