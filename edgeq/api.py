@@ -19,7 +19,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
              weight_lr: float | None = None, act_lr: float | None = None, drop_prob: float | None = None,
              device: str = "cpu", resume: bool = False, force: bool = False,
              max_drop: float | None = None, min_cosine: float | None = None, eval_data: str | None = None,
-             eval_size: int = 2000, target: str = DEFAULT_TARGET, latency_search: bool | None = None,
+             eval_size: int = 2000, target: str | tuple | list | None = None, latency_search: bool | None = None,
              placement_from: str | None = None, dynamic: str | tuple | None = None,
              metric: "MetricChoice | None" = None, labels: str | None = None,
              time_budget: float | None = None) -> dict:
@@ -38,11 +38,13 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     class labels, ``labels`` naming where they are when not in ``eval_data``) or ``min_cosine`` (output cosine vs
     float on ``eval_data`` or the calibration data) reverts the most sensitive units to float until the
     budget holds; ``latency_search`` (default: the recipe's, on for w8a8) keeps in float whatever is not
-    faster in int8 on ``target``. A budget that cannot be met raises BudgetError after writing the best
-    model found to ``best_effort_path(out)``. ``placement_from`` (a bundle or placement JSON) applies a
-    placement searched earlier, e.g. on the same architecture at its deployment resolution.
+    faster in int8 on ``target`` (one target or several: the bundle holds a placement per target, the first
+    the default; ``export(target=T)`` applies T's). A budget that cannot be met raises BudgetError after
+    writing the best model found to ``best_effort_path(out)``. ``placement_from`` (a bundle or placement
+    JSON) applies the placements searched earlier, e.g. on the same architecture at its deployment resolution,
+    instead of searching (``target`` then picks among them).
     """
-    from .fallback.run import FallbackRun, best_effort_path, read_placement
+    from .fallback.run import FallbackRun, best_effort_path
     from .models.intake import load_model, parse_dynamic, parse_input_shape
     from .quant.pipeline import quantize_model
 
@@ -50,8 +52,7 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     rec = _recipe_with_overrides(recipe, calib_size, batch_size, iters, weight_lr, act_lr, drop_prob, time_budget)
     device = check_device(device)
     budget = _check_budget(max_drop, min_cosine, eval_data, eval_size, metric, labels)
-    target = get_target(target).name   # an unknown target is one sentence before any work
-    placement = read_placement(placement_from) if placement_from else None
+    targets, placements = _targets_and_placements(target, placement_from)  # bad ones: a sentence before any work
     if budget is not None:
         check_output(best_effort_path(out), force, is_dir=True)
     state_dir = _check_resume(out, rec, resume, force)
@@ -68,11 +69,29 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
         state = _resume_state(state_dir, loaded, rec, data, seed, resume)
     eval_set = _eval_set(eval_data, eval_size, loaded, labels)
     budget = _budget_metric(budget, eval_set)
-    fallback = FallbackRun(budget, eval_set, target, latency_search, placement, export_int8=_export_int8)
+    fallback = FallbackRun(budget, eval_set, targets, latency_search, placements, export_int8=_export_int8)
     result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
     return result
+
+
+def _targets_and_placements(target, placement_from) -> tuple[tuple[str, ...], dict | None]:
+    """The targets to place for (canonical names, in order, no repeats) and the placements read from
+    ``placement_from`` (only those of the given targets, when targets are given)."""
+    from .errors import BundleError
+    from .fallback.run import read_placements
+    given = [target] if isinstance(target, str) else list(target or [])
+    names = tuple(dict.fromkeys(get_target(t).name for t in given))
+    if not placement_from:
+        return names or (DEFAULT_TARGET,), None
+    placements = read_placements(placement_from)
+    missing = [t for t in names if t not in placements]
+    if missing:
+        raise BundleError(f"{placement_from} holds placements for {', '.join(placements)}, not for {missing[0]}.")
+    if names:
+        placements = {t: placements[t] for t in names}
+    return tuple(placements), placements
 
 
 def _export_int8(q, decisions, data, path: Path) -> Path:
@@ -286,33 +305,29 @@ def export(bundle: str | Path, to: str | None = "onnx", out: str | Path = "model
            dynamic_batch: bool = False, simplify: bool = False, target: str | None = None) -> dict:
     """``onnx``: QDQ int8 / fp16 / fp32 file; ``tensorrt``: a folder with the explicit-quantization ONNX
     (and an engine where TensorRT is installed); ``coreml``: an ``.mlpackage`` (w8a8 / w8 / fp16).
-    ``target`` (a device target) decides the form, and the record notes layers kept float by a latency
-    placement searched for another target."""
+    ``target`` (a device target) decides the form and applies the bundle's latency placement for it; a target
+    the bundle holds no placement for gets the recipe's placement (every candidate int8) and a note. Without a
+    target, ONNX gets the bundle's default target's placement, TensorRT and CoreML the recipe's."""
     if target is not None:
         found = get_target(target)
         if to not in (None, found.form):
             raise ArtifactError(f"--to {to} does not match target {found.name}, which runs {found.form} artifacts.")
-        to = found.form
-        result = export(bundle, to, out, precision=precision, opset=opset, force=force, compute_units=compute_units,
-                        dynamic_batch=dynamic_batch, simplify=simplify)
-        from .bundle import read_bundle
-        from .export.onnx import placement_note
-        return {**result, "target": found.name, "placement_note": placement_note(read_bundle(bundle), found.name)}
+        to, target = found.form, found.name
     to = to or "onnx"
     if to not in EXPORT_TARGETS:
         raise ArtifactError(f"unknown export target {to!r}: use {', '.join(EXPORT_TARGETS)}.")
     if to == "coreml":
         from .export.coreml import export_coreml
         flavour = "w8a8" if precision in (None, "int8") else precision
-        return export_coreml(bundle, out, flavour, compute_units, force)
+        return export_coreml(bundle, out, flavour, compute_units, force, target=target or "CoreML")
     if to == "tensorrt":
         if precision not in (None, "int8"):
             raise ArtifactError(f"--to tensorrt writes int8 (float layers run FP16 in the engine); "
                                 f"--precision {precision} is not available there.")
         from .export.tensorrt import export_tensorrt
-        return export_tensorrt(bundle, out, opset, force)
+        return export_tensorrt(bundle, out, opset, force, target=target or "TensorRT")
     from .export.onnx import export_onnx
-    return export_onnx(bundle, out, precision or "int8", opset, force, dynamic_batch, simplify)
+    return export_onnx(bundle, out, precision or "int8", opset, force, dynamic_batch, simplify, target=target)
 
 
 def check(artifact: str | Path, target: str = "tensorrt") -> dict:

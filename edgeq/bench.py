@@ -123,19 +123,20 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     for i, recipe in enumerate(recipes):
         short = {"iters": SPEED_ITERS, "batch_size": 8} if suite == "speed" and searches[recipe] is not None else {}
         variant = Variant(recipe, "edgeq")
-        # a recipe with latency search gets one bundle per target; the others run the same file everywhere
-        for runtime in (RUNTIMES if searches[recipe] else (None,)):
-            tag = f"{recipe}-{runtime}" if runtime else recipe
-            bundle = work / f"{tag}.edgeq"
-            q = api.quantize(spec, ZOO_CALIB, recipe, bundle, calib_size=calib_size, **short,
-                             **_placement_args(suite, name, runtime, placements))
-            api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8")
+        # a recipe with latency search gets one bundle with a placement per runtime; exported per runtime
+        bundle = work / f"{recipe}.edgeq"
+        q = api.quantize(spec, ZOO_CALIB, recipe, bundle, calib_size=calib_size, **short,
+                         **_placement_args(suite, name, searches[recipe], placements))
+        for runtime in RUNTIMES:
+            tag = f"{recipe}-{runtime}" if searches[recipe] else recipe
+            if not (work / f"{tag}.onnx").exists():
+                api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8",
+                           target=TARGET_OF[runtime] if searches[recipe] else None)
             made[f"{tag}.onnx"] = {"iterations": SPEED_ITERS if short else None, "fallback": q["fallback"],
-                                   "bundle": bundle}
-            if runtime and suite == "speed":
-                _save_placement(bundle, placements / f"{name}-{runtime}.json")
-            for r in ((runtime,) if runtime else RUNTIMES):
-                variant.built[TARGET_OF[r]] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
+                                   "bundle": bundle, "target": TARGET_OF[runtime]}
+            variant.built[TARGET_OF[runtime]] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
+        if searches[recipe] and suite == "speed":
+            _save_placements(bundle, placements / f"{name}.json")
         variants.append(variant)
         if i == 0:
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
@@ -152,8 +153,9 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     batch8 = time_variants(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
     torch_scores = {}
     if suite == "zoo":   # the bundle's fake-quant torch model on the same images (what the export must match)
-        for file, info in made.items():
-            evaluated = api.evaluate(info["bundle"], ZOO_TEST, limit=eval_limit, metric=metric)
+        from .evaluate import evaluate_bundle
+        for file, info in made.items():   # with the placement that file carries
+            evaluated = evaluate_bundle(info["bundle"], ZOO_TEST, eval_limit, metric, target=info["target"])
             torch_scores[file] = evaluated["metric"]["value"]
     rows = [_row(suite, name, r, report, batch8, made.get(r.get("artifact")) or {}, torch_scores.get(r.get("artifact")))
             for r in report["rows"]]
@@ -171,22 +173,22 @@ def _variant_rank(variant: str, recipes: list[str]) -> int:
     return {"fp32": -2, "ort-minmax": -1}.get(variant, recipes.index(variant) if variant in recipes else 99)
 
 
-def _placement_args(suite: str, name: str, runtime: str | None, placements: Path) -> dict:
-    """Latency-searching recipes get ``target``; on the zoo suite they reuse the placement searched on the
-    224×224 speed-suite model of the same architecture (the deployment resolution) when there is one."""
-    if runtime is None:
+def _placement_args(suite: str, name: str, searched: bool, placements: Path) -> dict:
+    """Latency-searching recipes get a placement per bench target; on the zoo suite they reuse the placements
+    searched on the 224×224 speed-suite model of the same architecture (the deployment resolution) when there
+    are some."""
+    if not searched:
         return {}
-    args = {"target": TARGET_OF[runtime]}
-    saved = placements / f"{name}-{runtime}.json"
+    saved = placements / f"{name}.json"
     if suite == "zoo" and saved.is_file():
-        args["placement_from"] = str(saved)
-    return args
+        return {"placement_from": str(saved)}
+    return {"target": list(BENCH_TARGETS)}
 
 
-def _save_placement(bundle: Path, path: Path) -> None:
-    from .fallback.run import read_placement
+def _save_placements(bundle: Path, path: Path) -> None:
+    from .fallback.run import read_placements
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(read_placement(bundle), indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"placements": read_placements(bundle)}, indent=2) + "\n")
 
 
 def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dict, score_torch) -> dict:

@@ -9,6 +9,13 @@
                           a dynamic axis varies), for fidelity checks after export at several lengths
 
 Same inputs and seed give a byte-identical quant.safetensors.
+
+Placements per target (format 3): the tensors hold every layer that the recipe, the outlier and the accuracy
+fallbacks left in int8; a latency placement searched for a target floats some of them *for that target only*.
+``manifest["layers"]`` shows the placement of the bundle's default target (the first ``--target``); a layer it
+floats keeps its int8 fields under ``"int8"`` so that another target's view can quantize it again.
+``manifest["fallback"]["placements"]`` holds each target's placement (its float layers and why) and
+``read_bundle(path, target)`` gives the bundle as that target ships it (``manifest_for``).
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from .quant.recipe import LayerSpec
 from .samples import Samples
 from .trace.capture import fold_batchnorm, to_graph_module
 
-BUNDLE_FORMAT = 2     # 2: samples.npz (several inputs, lengths); format 1 bundles (samples.npy) still read
+BUNDLE_FORMAT = 3     # 3: placements per target; 2: samples.npz (several inputs, lengths); 1: samples.npy
 MANIFEST = "manifest.json"
 PROGRAM = "model.pt2"
 TENSORS = "quant.safetensors"
@@ -47,6 +54,7 @@ class Bundle:
     exported: torch.export.ExportedProgram
     tensors: dict[str, torch.Tensor]
     samples: Samples
+    target: str | None = None     # whose placement ``manifest`` shows (None: the default target's)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,7 +90,7 @@ def write_bundle(out: Path, program: bytes, records: dict[str, LayerQuant],
                 "created_by": f"edgeq {__version__}", **manifest}
     manifest["activation_quantizers"] = {name: qparams_meta(qp) for name, qp in act_qparams.items()}
     for rec in records.values():
-        manifest["layers"][rec.layer]["weight_qparams"] = qparams_meta(rec.weight_qparams)
+        _int8_fields(manifest["layers"][rec.layer])["weight_qparams"] = qparams_meta(rec.weight_qparams)
     with atomic_path(out, is_dir=True) as tmp:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": "edgeq-bundle"})
         (tmp / PROGRAM).write_bytes(program)
@@ -129,7 +137,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_bundle(path: str | Path) -> Bundle:
+def read_bundle(path: str | Path, target: str | None = None) -> Bundle:
+    """The bundle as ``target`` ships it (its latency placement applied; see ``manifest_for``)."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir() or not manifest_path.is_file():
@@ -154,7 +163,61 @@ def read_bundle(path: str | Path) -> Bundle:
         samples = _load_samples(path)
     except Exception:  # noqa: BLE001 - any failure here is a damaged bundle
         raise BundleError(f"{path} could not be read; the bundle is corrupt.") from None
-    return Bundle(path, manifest, exported, tensors, samples)
+    return Bundle(path, manifest_for(manifest, target), exported, tensors, samples, target)
+
+
+# --- placements per target ------------------------------------------------------------------------------
+
+def _int8_fields(entry: dict) -> dict:
+    """Where a layer's int8 fields live: the entry itself, or ``entry["int8"]`` when a placement floats it."""
+    return entry if entry["quantized"] else entry["int8"]
+
+
+def placement_targets(manifest: dict) -> list[str]:
+    """The targets the bundle holds a latency placement for, the default first."""
+    return list((manifest.get("fallback") or {}).get("placements") or {})
+
+
+def manifest_for(manifest: dict, target: str | None) -> dict:
+    """The manifest as ``target`` ships the model: its placement's float layers float, every other int8
+    candidate is int8. ``None`` (or the default target) is the stored manifest. A target the bundle holds no
+    placement for gets the recipe's placement (no latency decision: those were measured elsewhere), and
+    ``fallback.placement`` says so."""
+    fallback = manifest.get("fallback") or {}
+    placements = fallback.get("placements") or {}
+    if target is None or not placements or target == next(iter(placements)):
+        return manifest     # (a bundle without placements, or format 2, is the same for every target)
+    chosen = placements.get(target)
+    float_layers = (chosen or {}).get("float_layers") or {}
+    layers = {name: _layer_for(entry, float_layers.get(name), target) for name, entry in manifest["layers"].items()}
+    latency_units = {layers[n]["int8"]["act_quantizer"] for n in float_layers}
+    reverted = {u: d for u, d in (fallback.get("reverted_units") or {}).items() if d.get("stage") != "latency"}
+    reverted.update({u: {"stage": "latency", "target": target} for u in sorted(latency_units)})
+    placement = chosen or {"target": target, "steps": [], "floated_units": [], "float_layers": {},
+                           "verdict": f"no placement searched for {target} in this bundle (it has "
+                                      f"{', '.join(placements) or 'none'}): the recipe's placement, every "
+                                      f"candidate layer in int8"}
+    return {**manifest, "layers": layers,
+            "fallback": {**fallback, "placement": placement, "reverted_units": reverted}}
+
+
+def _layer_for(entry: dict, float_reason: str | None, target: str) -> dict:
+    """One layer as ``target`` ships it: floated by its placement, or back in int8 if another target's
+    placement floated it."""
+    if "int8" in entry:     # stored floated by the default target's placement
+        base = {k: v for k, v in entry.items() if k not in ("int8", "quantized", "precision", "reason", "stage",
+                                                              "target")}
+        entry = {**base, **entry["int8"]}
+    if float_reason is None or not entry["quantized"]:
+        return entry
+    return float_layer_entry(entry, float_reason, target)
+
+
+def float_layer_entry(entry: dict, reason: str, target: str) -> dict:
+    """A quantized layer entry floated by ``target``'s latency placement, its int8 fields kept aside."""
+    int8 = {k: v for k, v in entry.items() if k not in ("block", "module", "op")}
+    return {"quantized": False, "precision": "fp32", "reason": reason, "stage": "latency", "target": target,
+            "block": entry["block"], "module": entry["module"], "op": entry["op"], "int8": int8}
 
 
 def require_plain_input(bundle: Bundle, what: str) -> None:
@@ -173,18 +236,22 @@ def float_graph(bundle: Bundle) -> torch.fx.GraphModule:
 
 
 def quantized_graph(bundle: Bundle) -> torch.fx.GraphModule:
-    """Rebuild the fake-quant graph from the float program and the stored parameters."""
+    """Rebuild the fake-quant graph from the float program and the stored parameters, with the int8 layers
+    of the bundle's view (``read_bundle(path, target)``)."""
     gm = float_graph(bundle)
     layers = {n: d for n, d in bundle.manifest["layers"].items() if d.get("quantized")}
     plan = {n: (LayerSpec(**d["weight_spec"]), LayerSpec(**d["act_spec"])) for n, d in layers.items()}
     records = insert_quantizers(gm, plan)
     stored = bundle.manifest["activation_quantizers"]
+    # quantizers are numbered in graph order, so a view with fewer int8 layers names them differently from
+    # the stored ones: each layer records the stored quantizer that reads its input
+    source = {rec.act_module: layers[layer]["act_quantizer"] for layer, rec in records.items()}
     actual = {name for name, m in gm.named_children() if isinstance(m, ActQuant)}
-    if actual != set(stored):
+    if set(source) != actual or not set(source.values()) <= set(stored) or len(set(source.values())) != len(source):
         raise BundleError(f"{bundle.path}: the stored quantizers do not fit the program; the bundle is corrupt.")
     for name, module in gm.named_children():
         if isinstance(module, ActQuant):
-            module.load(_qparams(bundle.tensors, f"act.{name}", stored[name]))
+            module.load(_qparams(bundle.tensors, f"act.{source[name]}", stored[source[name]]))
     for rec in records.values():
         meta = layers[rec.layer]["weight_qparams"]
         rec.weight_qparams = _qparams(bundle.tensors, f"weight.{rec.layer}", meta)

@@ -105,13 +105,15 @@ def main():
                                                "(or the calibration data).")
 @click.option("--eval", "eval_data", help="Held-out data for the budget: zoo:test, an image folder, .npy or .npz.")
 @click.option("--eval-size", default=2000, show_default=True, type=int, help="Evaluation samples the budget uses.")
-@click.option("--target", default=DEFAULT_TARGET, show_default=True,
-              help="Device target whose measured latency decides the int8/float placement: a name from "
-                   "targets/ (x86-cpu-ort, x86-cpu-openvino, …; ort-cpu and openvino-cpu still work) or a "
-                   "target YAML file.")
+@click.option("--target", "targets", multiple=True,
+              help=f"Device target whose measured latency decides the int8/float placement (default "
+                   f"{DEFAULT_TARGET}): a name from targets/ (x86-cpu-ort, x86-cpu-openvino, …; ort-cpu and "
+                   f"openvino-cpu still work) or a target YAML file. Repeat it for a placement per target in one "
+                   f"bundle (the first is the default); edgeq export --target T applies T's.")
 @click.option("--no-latency-search", is_flag=True, help="Keep every unit the recipe quantizes in int8 (no timing).")
-@click.option("--placement-from", type=click.Path(), help="Apply the placement of another bundle (or its JSON), "
-                                                          "e.g. one searched at the deployment resolution.")
+@click.option("--placement-from", type=click.Path(), help="Apply the placements of another bundle (or its JSON) "
+                                                          "instead of searching, e.g. ones searched at the "
+                                                          "deployment resolution.")
 @metric_options
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -119,7 +121,7 @@ def main():
 @command
 def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, calib, calib_size,
              batch_size, recipe, iters, time_budget, weight_lr, act_lr, drop_prob, device, resume, max_drop,
-             min_cosine, eval_data, eval_size, target, no_latency_search, placement_from, metric, charset, blank,
+             min_cosine, eval_data, eval_size, targets, no_latency_search, placement_from, metric, charset, blank,
              labels, out, seed, force, as_json):
     """Quantize a model into a self-describing .edgeq bundle."""
     from . import api
@@ -128,7 +130,7 @@ def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_
                           seed=seed, calib_size=calib_size, batch_size=batch_size, iters=iters,
                           weight_lr=weight_lr, act_lr=act_lr, drop_prob=drop_prob, device=device,
                           resume=resume, force=force, max_drop=max_drop, min_cosine=min_cosine,
-                          eval_data=eval_data, eval_size=eval_size, target=target,
+                          eval_data=eval_data, eval_size=eval_size, target=list(targets),
                           latency_search=False if no_latency_search else None, placement_from=placement_from,
                           dynamic=dynamic, metric=_metric_choice(metric, charset, blank), labels=labels,
                           time_budget=time_budget)
@@ -152,16 +154,16 @@ def _print_quantize(r: dict) -> None:
             parts.append(f"{fb['outliers']} for outlier blocks")
         if fb["budget"]:
             parts.append(f"budget {fb['budget']} {'met' if fb['budget_met'] else 'MISSED'}")
-        if fb["placement"]:
-            parts.append(f"placement on {fb['target']}: {fb['placement']}")
         click.echo("fallback: " + "; ".join(parts) + " (every decision is in manifest.json)")
+        for target, placed in (fb.get("placements") or {}).items():
+            click.echo(f"placement on {target}: {placed['float_units']} units float; {placed['verdict']}")
 
 
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--to", "to", default=None, help="Export form: onnx (default), tensorrt or coreml.")
 @click.option("--target", default=None, help="Device target (targets/ name or YAML): exports the form and precision "
-                                             "it runs, and notes float layers placed for another target.")
+                                             "it runs, with the bundle's latency placement for it.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="File (onnx), folder (tensorrt) or NAME.mlpackage (coreml) to write.")
 @click.option("--precision", default=None,

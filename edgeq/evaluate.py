@@ -48,10 +48,11 @@ def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
 
 
 def evaluate_bundle(path: str | Path, data: str, limit: int | None = None, metric=None,
-                    labels: str | None = None) -> dict:
-    """The bundle's fake-quant model in torch (the reference that ONNX exports are checked against)."""
+                    labels: str | None = None, target: str | None = None) -> dict:
+    """The bundle's fake-quant model in torch (the reference that ONNX exports are checked against), with
+    ``target``'s latency placement (default: the bundle's default target's)."""
     from .bundle import quantized_graph
-    bundle = read_bundle(path)
+    bundle = read_bundle(path, target)
     dataset = load_data(data, bundle.input_specs, limit=limit, default_split="test", what="evaluation",
                         labels=labels)
     batch = _graph_batch(bundle)

@@ -101,15 +101,24 @@ def test_tensorrt_keeps_fallback_units_float(tmp_path, floated_bundle):
 def test_placement_from_another_runtime_is_flagged():
     from types import SimpleNamespace
 
-    from edgeq.export.onnx import placement_note
+    from edgeq.export.artifact import placement_note
     layers = {"a": {"quantized": False, "stage": "latency", "target": "ort-cpu", "reason": "…"},
               "b": {"quantized": False, "stage": "budget", "target": None, "reason": "…"},
               "c": {"quantized": True, "stage": "recipe", "target": None, "reason": "x"}}
-    note = placement_note(SimpleNamespace(manifest={"layers": layers}), "TensorRT")
+    v2 = lambda layers, target: SimpleNamespace(manifest={"layers": layers}, target=target)  # noqa: E731
+    note = placement_note(v2(layers, "TensorRT"))   # a format-2 bundle: its one placement is in the layers
     assert note.startswith("1 layers are float because the latency placement measured on ort-cpu")
     assert "--no-latency-search" in note
-    assert placement_note(SimpleNamespace(manifest={"layers": {"c": layers["c"]}}), "CoreML") is None
-    assert placement_note(SimpleNamespace(manifest={"layers": layers}), "ort-cpu") is None   # placed for it
+    assert placement_note(v2({"c": layers["c"]}, "CoreML")) is None
+    assert placement_note(v2(layers, "ort-cpu")) is None   # placed for it
+    # format 3: a target the bundle has no placement for gets the recipe's placement, and says so
+    v3 = lambda target: SimpleNamespace(target=target, manifest={  # noqa: E731
+        "recipe": {"name": "w8a8"}, "layers": {}, "fallback": {"placements": {
+            "x86-cpu-ort": {"float_layers": {"a": "…", "b": "…"}}, "x86-cpu-openvino": {"float_layers": {}}}}})
+    note = placement_note(v3("rpi4-ort"))
+    assert "no latency placement for rpi4-ort" in note and "x86-cpu-ort (2 layers float there)" in note
+    assert "x86-cpu-openvino (" not in note and "--target rpi4-ort" in note
+    assert placement_note(v3("x86-cpu-openvino")) is None and placement_note(v3(None)) is None
 
 
 def test_export_for_a_target_takes_its_form(tiny_bundle, tmp_path):

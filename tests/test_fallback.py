@@ -156,6 +156,61 @@ def test_placement_keeps_slow_depthwise_region_float(tmp_path):
     assert replay["floated_units"] == placement["floated_units"]
 
 
+def test_one_bundle_holds_a_placement_per_target(tmp_path):
+    """--target a --target b: one quantization, a placement searched on each runtime, each export applies
+    its target's; a target that cannot be timed here keeps the recipe's placement and says why."""
+    from edgeq.fallback.run import read_placements
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((16, 3, 112, 112)).astype(np.float32))
+    out = tmp_path / "m.edgeq"
+    targets = ["x86-cpu-ort", "openvino-cpu", "jetson-orin-trt"]
+    r = api.quantize(DEPTHWISE, str(calib), "w8a8", out, iters=2, batch_size=8, target=targets)
+    manifest = json.loads((out / "manifest.json").read_text())
+    placements = manifest["fallback"]["placements"]
+    assert list(placements) == ["x86-cpu-ort", "x86-cpu-openvino", "jetson-orin-trt"]
+    assert list(r["fallback"]["placements"]) == list(placements)
+    assert placements["jetson-orin-trt"]["float_layers"] == {} and "not searched" in placements["jetson-orin-trt"]["verdict"]
+    assert manifest["fallback"]["placement"] == placements["x86-cpu-ort"]   # the default target's, in the layers
+    dw = {n for n, d in manifest["layers"].items() if d["op"] == "dwconv"}
+    assert dw <= set(placements["x86-cpu-ort"]["float_layers"])   # the slow depthwise convs (the test above)
+    candidates = {n for n, d in manifest["layers"].items() if d["quantized"] or "int8" in d}
+    for target, placed in placements.items():
+        view = read_bundle(out, target).manifest["layers"]
+        floated = {n for n, d in view.items() if not d["quantized"] and d.get("stage") == "latency"}
+        assert floated == set(placed["float_layers"]), target
+        assert all(view[n]["target"] == target and view[n]["reason"] == placed["float_layers"][n] for n in floated)
+        assert {n for n, d in view.items() if d["quantized"]} == candidates - floated
+    # each export carries its target's placement: its float convs are exactly that placement's float layers
+    for target in ("x86-cpu-ort", "x86-cpu-openvino", "rpi4-ort"):
+        record = api.export(out, None, tmp_path / f"{target}.onnx", target=target)
+        float_convs = _float_weight_layers(tmp_path / f"{target}.onnx")
+        assert len(float_convs) == len(placements.get(target, {}).get("float_layers", {})), target
+        assert record["placement_applied"] == (target if target in placements else None)
+        assert (record["placement_note"] is None) == (target in placements)
+    assert "no latency placement for rpi4-ort" in record["placement_note"]
+    # the placements travel: applied to another quantization instead of searching, picked by --target
+    searched = read_placements(out)
+    assert list(searched) == ["x86-cpu-ort", "x86-cpu-openvino"]   # not the one that was not searched
+    again = tmp_path / "again.edgeq"
+    api.quantize(DEPTHWISE, str(calib), "w8a8", again, iters=2, batch_size=8, placement_from=str(out),
+                 target="x86-cpu-openvino")
+    applied = json.loads((again / "manifest.json").read_text())["fallback"]["placements"]
+    assert list(applied) == ["x86-cpu-openvino"] and set(applied["x86-cpu-openvino"]["float_layers"]) == \
+        set(placements["x86-cpu-openvino"]["float_layers"])
+    from edgeq.errors import BundleError
+    with pytest.raises(BundleError, match="holds placements for x86-cpu-ort, x86-cpu-openvino, not for rpi4-ort"):
+        api.quantize(DEPTHWISE, str(calib), "w8a8", tmp_path / "x.edgeq", placement_from=str(out), target="rpi4-ort")
+    assert not (tmp_path / "x.edgeq").exists()
+
+
+def _float_weight_layers(path) -> list[str]:
+    """Conv/MatMul/Gemm nodes of an ONNX file whose weight is not dequantized from int8."""
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+            and getattr(producers.get(n.input[1]), "op_type", None) != "DequantizeLinear"]
+
+
 def test_surgery_floats_units_in_the_onnx_graph(tmp_path, tiny_bundle, calib_npy):
     api.export(tiny_bundle, "onnx", tmp_path / "q.onnx", precision="int8")
     api.export(tiny_bundle, "onnx", tmp_path / "f.onnx", precision="fp32")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from ..bundle import Bundle
+from ..bundle import Bundle, placement_targets
 from ..fsutil import atomic_path, check_output
 
 
@@ -73,3 +73,53 @@ def write_sidecar(artifact: Path, record: dict) -> None:
     """The record next to the artifact, atomically (it lands just before the artifact it describes)."""
     with atomic_path(sidecar_path(artifact)) as side:
         side.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def placement_fields(bundle: Bundle, quantized: bool) -> dict:
+    """Which target the artifact is for and whose latency placement it carries (None: the recipe's)."""
+    if not quantized:
+        return {"target": bundle.target}
+    fallback = bundle.manifest.get("fallback") or {}
+    placements = fallback.get("placements") or {}
+    if placements:
+        applied = bundle.target if bundle.target in placements else (
+            next(iter(placements)) if bundle.target is None else None)
+    else:   # format 2: one placement, in the layers
+        applied = (fallback.get("placement") or {}).get("target")
+    return {"target": bundle.target, "placement_applied": applied, "placement_note": placement_note(bundle)}
+
+
+def placement_note(bundle: Bundle) -> str | None:
+    """What to know about the latency placement of an export for ``bundle.target``: nothing when the bundle
+    holds that target's placement (it is applied); when it holds only other targets' placements, that they
+    are not applied (timings on one runtime say nothing about another) and how to get one."""
+    target = bundle.target
+    if target is None:
+        return None
+    placements = (bundle.manifest.get("fallback") or {}).get("placements") or {}
+    if not placements:
+        return _format2_note(bundle, target)
+    if target in placements:
+        return None
+    floated = {t: len(p.get("float_layers") or {}) for t, p in placements.items() if p.get("float_layers")}
+    if not floated:
+        return None
+    elsewhere = ", ".join(f"{t} ({n} layers float there)" for t, n in floated.items())
+    return (f"this bundle has no latency placement for {target}, so the placements searched for {elsewhere} are "
+            f"not applied: every candidate layer is int8 as recipe {bundle.manifest['recipe']['name']} decided; "
+            f"to search one, quantize with --target {target} where its runtime runs "
+            f"(the bundle has: {', '.join(placement_targets(bundle.manifest))}).")
+
+
+def _format2_note(bundle: Bundle, target: str) -> str | None:
+    """A format-2 bundle holds one placement, baked into its layers: warn when it was searched elsewhere."""
+    searched: dict[str, int] = {}
+    for layer in bundle.manifest["layers"].values():
+        if not layer["quantized"] and layer.get("stage") == "latency" and layer["target"] != target:
+            searched[layer["target"]] = searched.get(layer["target"], 0) + 1
+    if not searched:
+        return None
+    runtime, count = max(searched.items(), key=lambda kv: kv[1])
+    return (f"{count} layers are float because the latency placement measured on {runtime} found int8 slower "
+            f"there, which says nothing about {target}; for {target}, quantize again with --target {target} or "
+            f"--no-latency-search (the accuracy-budget and outlier fallbacks still apply).")

@@ -31,8 +31,7 @@ from ..fsutil import atomic_path
 from ..metrics import compare
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
 from ..samples import run_graph
-from .artifact import artifact_record, check_outputs, float_layers, write_sidecar
-from .onnx import placement_note
+from .artifact import artifact_record, check_outputs, float_layers, placement_fields, write_sidecar
 
 FLAVOURS = ("w8a8", "w8", "fp16")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
@@ -40,7 +39,7 @@ COMPUTE_OPS = {"conv", "linear", "matmul", "conv_transpose"}
 
 
 def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8", compute_units: str = "ALL",
-                  force: bool = False) -> dict:
+                  force: bool = False, target: str = "CoreML") -> dict:
     if flavour not in FLAVOURS:
         raise ArtifactError(f"CoreML --precision must be one of {', '.join(FLAVOURS)}, got {flavour!r}.")
     if compute_units not in COMPUTE_UNITS:
@@ -50,7 +49,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
     if out.suffix != ".mlpackage":
         raise ArtifactError(f"a CoreML ML program is a folder ending in .mlpackage; got {out}.")
     out = check_outputs(out, force, is_dir=True)
-    bundle = read_bundle(bundle_path)
+    bundle = read_bundle(bundle_path, target)   # whose latency placement (usually none: the recipe's)
     require_plain_input(bundle, "--to coreml")
     gm = float_graph(bundle) if flavour == "fp16" else quantized_graph(bundle)
     with atomic_path(out) as tmp:
@@ -72,7 +71,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
             float_layers={"layers": float_layers(bundle) if quantized else "all",
                           "precision": "FP16 (no quantizer; compute precision float16)"},
             mil_ops=ops["all"], mil_op_dtypes=ops["compute_dtypes"], expected_quant_ops=expected,
-            placement_note=placement_note(bundle, "CoreML"))
+            **placement_fields(bundle, quantized))
         write_sidecar(out, record)   # the record lands just before the package
     return record
 

@@ -30,7 +30,7 @@ from ..quant import meta_kernels
 from ..samples import run_graph
 from ..trace.capture import dynamic_shapes
 from . import graph_extras
-from .artifact import artifact_record, check_outputs, sidecar_path, write_sidecar
+from .artifact import artifact_record, check_outputs, placement_fields, sidecar_path, write_sidecar
 from .fusion_check import check_fused_groups
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
@@ -39,13 +39,15 @@ MIN_OPSET = 17
 
 
 def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8", opset: int = 18,
-                force: bool = False, dynamic_batch: bool = False, simplify: bool = False) -> dict:
+                force: bool = False, dynamic_batch: bool = False, simplify: bool = False,
+                target: str | None = None) -> dict:
+    """``target``: whose latency placement the int8 model carries (None: the bundle's default target's)."""
     if precision not in PRECISIONS:
         raise ArtifactError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if opset < MIN_OPSET:
         raise ArtifactError(f"--opset must be at least {MIN_OPSET} for QDQ export, got {opset}.")
     out = check_outputs(out, force)
-    bundle = read_bundle(bundle_path)
+    bundle = read_bundle(bundle_path, target)
     gm = quantized_graph(bundle) if precision == "int8" else float_graph(bundle)
     with atomic_path(out) as tmp:
         with ui.status(f"exporting {precision} ONNX"):
@@ -64,7 +66,8 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
             {**fidelity, "reference": "torch fake-quant model" if quantized else "torch float model"},
             opset=opset, inputs=[s.to_dict() for s in bundle.input_specs], outputs=bundle.output_names,
             dynamic_batch=bundle.manifest["dynamic_batch"] or dynamic_batch,
-            lengths_checked=_lengths_checked(bundle), op_counts=count_ops(model), passes=passes)
+            lengths_checked=_lengths_checked(bundle), op_counts=count_ops(model), passes=passes,
+            **placement_fields(bundle, quantized))
         write_sidecar(out, record)
     return record
 
@@ -73,21 +76,6 @@ def _lengths_checked(bundle: Bundle) -> list[int] | None:
     """The dynamic-axis sizes the fidelity check ran the export at (the bundle's samples' lengths)."""
     lengths = bundle.samples.lengths
     return sorted(int(v) for v in set(lengths.tolist())) if lengths is not None else None
-
-
-def placement_note(bundle: Bundle, target: str) -> str | None:
-    """A warning when layers are float because a latency search on another runtime found int8 slower there:
-    that decision does not carry over to ``target``."""
-    searched: dict[str, int] = {}
-    for layer in bundle.manifest["layers"].values():
-        if not layer["quantized"] and layer.get("stage") == "latency" and layer["target"] != target:
-            searched[layer["target"]] = searched.get(layer["target"], 0) + 1
-    if not searched:
-        return None
-    runtime, count = max(searched.items(), key=lambda kv: kv[1])
-    return (f"{count} layers are float because the latency placement measured on {runtime} found int8 slower "
-            f"there, which says nothing about {target}; for {target}, quantize with --no-latency-search (the "
-            f"accuracy-budget and outlier fallbacks still apply).")
 
 
 def _batch(bundle: Bundle) -> int:

@@ -29,16 +29,18 @@ from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
 from ..samples import run_graph
-from .artifact import artifact_record, float_layers
-from .onnx import _batch, _export, placement_note, sidecar_path
+from .artifact import artifact_record, float_layers, placement_fields
+from .onnx import _batch, _export, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers
 from .trt_rules import GraphView, lint, unquantized_residual
 
 
 def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 18, force: bool = False,
-                    workspace_mib: int = 1024) -> dict:
+                    workspace_mib: int = 1024, target: str = "TensorRT") -> dict:
+    """``target``: whose latency placement to apply (a bundle rarely holds one for a TensorRT device: then
+    the recipe's placement, every candidate int8)."""
     out_dir = check_output(out_dir, force, is_dir=True)
-    bundle = read_bundle(bundle_path)
+    bundle = read_bundle(bundle_path, target)
     require_plain_input(bundle, "--to tensorrt")
     gm = quantized_graph(bundle)
     with atomic_path(out_dir, is_dir=True) as tmp:
@@ -68,7 +70,7 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
             opset=opset, float_layers={"layers": float_layers(bundle),
                                        "precision": "FP16 in the engine (builder flag --fp16); FP32 in this ONNX"},
             op_counts=count_ops(model), passes=passes, lint=[f.to_dict() for f in findings], engine=engine,
-            trtexec=command, placement_note=placement_note(bundle, "TensorRT"))
+            trtexec=command, **placement_fields(bundle, True))
         sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")   # inside the folder's atomic move
     return record
 

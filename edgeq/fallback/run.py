@@ -1,7 +1,8 @@
 """The fallback stage: outlier blocks, accuracy budget, then latency-aware placement, in that order.
 
-Each stage reverts units to float in the fake-quant graph (so later stages see earlier decisions) and
-records why; ``write_quantized`` then writes the bundle without the reverted units.
+The outlier and budget stages revert units to float in the fake-quant graph (so later stages see earlier
+decisions) and record why; the latency placement is searched per target on what they left, and recorded per
+target. ``write_quantized`` then writes the bundle without the reverted units and with every placement.
 """
 from __future__ import annotations
 
@@ -117,30 +118,46 @@ def describe_failure(exc: BaseException) -> str:
 
 @dataclass
 class FallbackResult:
+    """Decisions per unit: ``reverted_units`` (outliers, accuracy budget) hold on every target; ``placements``
+    holds each target's latency placement (target -> unit -> Decision), the default target first."""
+
     reverted_units: dict[str, Decision] = field(default_factory=dict)
+    placements: dict[str, dict[str, Decision]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     seconds: float = 0.0
     fidelity: dict | None = None
     budget_met: bool | None = None
 
+    @property
+    def default_target(self) -> str | None:
+        return next(iter(self.placements), None)
+
+    def floated_units(self, target: str | None = None) -> dict[str, Decision]:
+        """Every unit in float for ``target`` (default: the default target)."""
+        target = target or self.default_target
+        return {**self.reverted_units, **self.placements.get(target, {})}
+
     def summary(self) -> dict:
-        placement_report = self.report.get("placement") or {}
-        return {"reverted_units": len(self.reverted_units), "units": self.report.get("units"),
+        placements = self.report.get("placements") or {}
+        first = next(iter(placements.values()), {})
+        return {"reverted_units": len(self.floated_units()), "units": self.report.get("units"),
                 "outliers": len((self.report.get("outliers") or {}).get("flagged", [])),
                 "budget": (self.report.get("budget") or {}).get("budget"), "budget_met": self.budget_met,
-                "target": placement_report.get("target"), "placement": placement_report.get("verdict"),
+                "target": first.get("target"), "placement": first.get("verdict"),
+                "placements": {t: {"verdict": p.get("verdict"), "float_units": len(self.placements.get(t, {}))}
+                               for t, p in placements.items()},
                 "seconds": round(self.seconds, 2)}
 
 
 @dataclass
 class FallbackRun:
-    """Run options: a budget (with its evaluation data), the latency target, and whether to search."""
+    """Run options: a budget (with its evaluation data), the latency targets, and whether to search."""
 
     budget: budget_search.Budget | None = None
     eval_data: Dataset | None = None
-    target: str = DEFAULT_TARGET
+    targets: tuple[str, ...] = (DEFAULT_TARGET,)   # a placement per target; the first is the bundle's default
     latency_search: bool | None = None   # None: the recipe decides
-    placement: dict | None = None        # a placement found earlier (read_placement), applied instead of a search
+    placements: dict | None = None       # placements found earlier (read_placements), applied instead of a search
     # writes the model as decided so far as an int8 QDQ ONNX: export_int8(q, decisions, data, path). The caller
     # passes it in, so this stage never calls back up into the pipeline or the exporter that drive it.
     export_int8: Callable | None = None
@@ -159,27 +176,55 @@ class FallbackRun:
             with stage("accuracy budget"):
                 result.report["budget"] = self._budget(q, data, units, switch, result)
         search = q.recipe.fallback.latency_search if self.latency_search is None else self.latency_search
-        with stage("latency placement"):
-            if self.placement is not None:
-                result.report["placement"] = _apply_placement(self.placement, units, switch, result)
-            elif search and _cannot_search(self.target):
-                result.report["placement"] = {"target": self.target, "steps": [],
-                                              "verdict": f"not searched: {_cannot_search(self.target)}; "
-                                                         f"the recipe's placement is kept"}
-            elif search:
-                if self.export_int8 is None:
-                    raise EdgeqError("the latency placement search needs an int8 exporter (FallbackRun.export_int8).")
-                result.report["placement"] = _placement(q, data, units, switch, result, self.target, out,
-                                                        self.export_int8)
-        if self.budget is not None and result.report.get("placement"):  # placement floats more: judge again
+        if self.placements is not None or search:
+            with stage("latency placement"), _workdir(out) as work:   # one int8 export serves every target
+                result.report["placements"] = {t: self._place(t, q, data, units, result, work)
+                                               for t in self._placement_targets()}
+        if self.budget is not None and result.placements:  # placements float more: judge each again
             with stage("accuracy budget"):
-                metric = self._metric(q, data, units, switch)
-                final = metric.measure(q.gm)
-                result.report["budget"]["after_placement"] = final
-                result.budget_met = metric.holds(final)
-        result.fidelity = compare_outputs(q.float_out, _run(q, q.samples))
+                self._judge_placements(q, data, units, switch, result)
+        by_name = {u.name: u for u in units}
+        with switch.floating([by_name[n] for n in result.placements.get(result.default_target, {})]):
+            result.fidelity = compare_outputs(q.float_out, _run(q, q.samples))   # as the default target ships it
         result.seconds = time.perf_counter() - start
         return result
+
+    def _placement_targets(self) -> list[str]:
+        if self.placements is None:
+            return list(dict.fromkeys(self.targets))
+        return list(self.placements)
+
+    def _place(self, target: str, q, data: Dataset, units: list[Unit], result: FallbackResult, work: Path) -> dict:
+        """One target's placement: applied from an earlier search, searched here, or (where this machine cannot
+        time the target) the recipe's placement with the reason; the decisions go to ``result.placements``."""
+        decisions: dict[str, Decision] = {}
+        if self.placements is not None:
+            report = _apply_placement(self.placements[target], units, result, decisions)
+        elif _cannot_search(target):
+            report = {"target": target, "steps": [], "floated_units": [], "not_searched": _cannot_search(target),
+                      "verdict": f"not searched: {_cannot_search(target)}; the recipe's placement is kept"}
+        else:
+            if self.export_int8 is None:
+                raise EdgeqError("the latency placement search needs an int8 exporter (FallbackRun.export_int8).")
+            report = _placement(q, data, units, result, target, work, self.export_int8, decisions)
+        result.placements[target] = decisions
+        report["float_layers"] = {layer: d.reason for u, d in decisions.items() for layer in _unit_layers(units, u)}
+        return report
+
+    def _judge_placements(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch,
+                          result: FallbackResult) -> None:
+        """The budget on each target's placement; the bundle meets it only if every placement does."""
+        metric = self._metric(q, data, units, switch)
+        by_name = {u.name: u for u in units}
+        judged = {}
+        for target, decisions in result.placements.items():
+            with switch.floating([by_name[n] for n in decisions]):
+                judged[target] = metric.measure(q.gm)
+        failing = [t for t, m in judged.items() if not metric.holds(m)]
+        budget = result.report["budget"]
+        budget["after_placement"] = judged[failing[0] if failing else result.default_target]
+        budget["after_placement_by_target"] = judged
+        result.budget_met = not failing
 
     def _metric(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch) -> budget_search.BudgetMetric:
         """The budget judged on the evaluation data (or the calibration data), against the float model."""
@@ -245,26 +290,39 @@ def _cannot_search(target: str) -> str | None:
     return found.unavailable()
 
 
-def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result: FallbackResult,
-               target: str, out: Path, export_int8: Callable) -> dict:
-    """Export the model as decided so far, time candidate placements on ``target``, float the losers."""
-    live = [u for u in units if u.name not in switch.floated]
-    if not live:
-        return {"target": target, "verdict": "nothing left in int8 to place", "steps": []}
+def _unit_layers(units: list[Unit], name: str) -> tuple[str, ...]:
+    return next(u.layers for u in units if u.name == name)
+
+
+@contextlib.contextmanager
+def _workdir(out: Path):
+    """A scratch folder next to the output (same file system as the bundle), removed afterwards."""
     work = Path(tempfile.mkdtemp(prefix="edgeq-place-", dir=out.parent if out.parent.exists() else None))
     try:
-        started = time.perf_counter()
-        provisional = dataclasses.replace(result, report=dict(result.report))
-        with ui.quiet():
-            export_int8(q, provisional, data, work / "int8.onnx")
-        export_seconds = time.perf_counter() - started
-        renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
-        to_new = {u.name: renamed[u.layers[0]].act_module for u in live}
-        to_old = {new: old for old, new in to_new.items()}
-        report = placement.search(work / "int8.onnx", [dataclasses.replace(u, name=to_new[u.name]) for u in live],
-                                  target)
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _placement(q, data: Dataset, units: list[Unit], result: FallbackResult, target: str, work: Path,
+               export_int8: Callable, decisions: dict[str, Decision]) -> dict:
+    """Time candidate placements on ``target``, starting from the model as decided before any placement
+    (exported once into ``work`` and shared by the targets), and record the units int8 does not pay for there
+    in ``decisions`` (the fake-quant graph is left as it was)."""
+    live = [u for u in units if u.name not in result.reverted_units]
+    if not live:
+        return {"target": target, "verdict": "nothing left in int8 to place", "steps": [], "floated_units": []}
+    int8, export_seconds = work / "int8.onnx", 0.0
+    if not int8.exists():
+        started = time.perf_counter()
+        provisional = FallbackResult(reverted_units=dict(result.reverted_units), report=dict(result.report))
+        with ui.quiet():
+            export_int8(q, provisional, data, int8)
+        export_seconds = time.perf_counter() - started
+    renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
+    to_new = {u.name: renamed[u.layers[0]].act_module for u in live}
+    to_old = {new: old for old, new in to_new.items()}
+    report = placement.search(int8, [dataclasses.replace(u, name=to_new[u.name]) for u in live], target)
     report["export_seconds"] = round(export_seconds, 2)
     reasons = {}
     for step in report["steps"]:
@@ -275,18 +333,17 @@ def _placement(q, data: Dataset, units: list[Unit], switch: FloatSwitch, result:
                                  f"vs int8 {step['int8_ms']} ms (paired ratio {step['ratio']}, 90 % interval "
                                  f"{step['interval'][0]}–{step['interval'][1]})", target)
     report["floated_units"] = sorted(to_old[n] for n in report["floated_units"])
-    by_name = {u.name: u for u in live}
     for name in report["floated_units"]:
-        switch.set_float(by_name[name], True)
-        result.reverted_units[name] = reasons.get(
-            name, Decision("latency", f"latency on {target}: {report['verdict']}", target))
+        decisions[name] = reasons.get(name, Decision("latency", f"latency on {target}: {report['verdict']}", target))
     return report
 
 
-def read_placement(source: str | Path) -> dict:
-    """The latency placement of a bundle (or a JSON file written from one): which layers it keeps in float."""
+def read_placements(source: str | Path) -> dict[str, dict]:
+    """The latency placements of a bundle (or a JSON file written from one), per target, the bundle's default
+    first: which layers each keeps in float. A JSON file from an earlier edgeq (one placement) still reads."""
     import json
 
+    from ..bundle import manifest_for, placement_targets
     from ..errors import BundleError
     source = Path(source)
     try:
@@ -294,14 +351,29 @@ def read_placement(source: str | Path) -> dict:
             manifest = json.loads((source / "manifest.json").read_text())
         else:
             saved = json.loads(source.read_text())
+            if "placements" in saved and "format" not in saved:
+                return saved["placements"]
             if "float_layers" in saved:
-                return saved
+                return {saved["target"]: saved}
             manifest = saved
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, TypeError):
         raise BundleError(f"{source} is neither an edgeq bundle nor a placement file.") from None
-    placement = (manifest.get("fallback") or {}).get("placement")
-    if not placement or "floated_units" not in placement:
+    fallback = manifest.get("fallback") or {}
+    targets = placement_targets(manifest)
+    if not targets and "floated_units" in (fallback.get("placement") or {}):
+        targets = [fallback["placement"]["target"]]   # a format-2 bundle: one placement, in its layers
+    searched = [t for t in targets if _is_placement(manifest_for(manifest, t)["fallback"]["placement"])]
+    if not searched:
         raise BundleError(f"{source} has no latency placement; quantize it with a latency-searching recipe (w8a8).")
+    return {t: _placement_of(source, manifest_for(manifest, t)) for t in searched}
+
+
+def _is_placement(report: dict) -> bool:
+    return "floated_units" in report and not report.get("not_searched")
+
+
+def _placement_of(source: Path, manifest: dict) -> dict:
+    placement = manifest["fallback"]["placement"]
     layers = manifest["layers"]
     return {"source": str(source), "model": manifest["model"]["spec"], "input": manifest["input"]["shape"],
             "target": placement["target"], "verdict": placement["verdict"],
@@ -312,7 +384,8 @@ def read_placement(source: str | Path) -> dict:
                                                      "export_seconds", "measurements", "cache_hits")}}
 
 
-def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, result: FallbackResult) -> dict:
+def _apply_placement(placement: dict, units: list[Unit], result: FallbackResult,
+                     decisions: dict[str, Decision]) -> dict:
     from ..errors import BundleError
     known = {layer for u in units for layer in u.layers}
     float_layers = set(placement["float_layers"])
@@ -321,15 +394,12 @@ def _apply_placement(placement: dict, units: list[Unit], switch: FloatSwitch, re
         raise BundleError(f"the placement from {placement.get('source')} does not fit this model (it names layer "
                           f"{missing[0]!r}, which this model does not quantize); it was searched on another "
                           f"architecture or recipe.")
-    floated = []
+    target = placement["target"]
     for unit in units:
-        if unit.name not in switch.floated and set(unit.layers) <= float_layers:
-            switch.set_float(unit, True)
-            result.reverted_units[unit.name] = Decision(
-                "latency", f"latency on {placement['target']}: placement searched on {placement['model']} at input "
-                           f"{placement['input']}", placement["target"])
-            floated.append(unit.name)
-    return {"target": placement["target"], "verdict": placement["verdict"], "from": placement.get("source"),
+        if unit.name not in result.reverted_units and set(unit.layers) <= float_layers:
+            decisions[unit.name] = Decision(
+                "latency", f"latency on {target}: placement searched on {placement['model']} at input "
+                           f"{placement['input']}", target)
+    return {"target": target, "verdict": placement["verdict"], "from": placement.get("source"),
             "searched_on": {"model": placement["model"], "input": placement["input"]},
-            "floated_units": floated, "steps": []}
-
+            "floated_units": list(decisions), "steps": []}

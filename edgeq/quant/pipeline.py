@@ -87,7 +87,7 @@ def quantize_model(loaded: LoadedModel, data: Dataset, recipe: Recipe, out: Path
             budget = decisions.report["budget"]
             final = budget.get("after_placement") or budget["final"]
             raise BudgetError(f"the accuracy budget ({budget['budget']}) cannot be met: with "
-                              f"{len(decisions.reverted_units)} of {decisions.report['units']} units in float the "
+                              f"{len(decisions.floated_units())} of {decisions.report['units']} units in float the "
                               f"model still has {_fmt_metric(final)}; the best model found is in {best}, "
                               f"and {out} was not written.")
         with stage("bundle write"):
@@ -155,11 +155,13 @@ def build_quantized(loaded: LoadedModel, data: Dataset, recipe: Recipe, seed: in
 
 
 def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: str, decisions) -> dict:
-    """Write the bundle with the fallback ``decisions`` (a FallbackResult) applied."""
+    """Write the bundle with the fallback ``decisions`` (a FallbackResult): without the units reverted on every
+    target, with each target's latency placement (``manifest["layers"]`` shows the default target's)."""
+    from ..bundle import float_layer_entry
     from ..fallback.units import Decision, drop_units
     records, act_qparams = drop_units(q.float_graph(), q.records, q.act_qparams(), decisions.reverted_units)
-    reverted_layers = {layer: decision for unit, decision in decisions.reverted_units.items()
-                       for layer in q.records if q.records[layer].act_module == unit}
+    reverted_layers = _layer_decisions(q, decisions.reverted_units)
+    placed_layers = _layer_decisions(q, decisions.placements.get(decisions.default_target, {}))
     ptq_seconds = q.seconds + decisions.seconds
     layers = {}
     for name, layer in q.block_map.layers.items():
@@ -170,6 +172,8 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
                             "reason": f"recipe {q.recipe.name}", "stage": "recipe", "target": None, "rounding": _rounding(name, q.recon_report),
                             **base, "act_quantizer": rec.act_module,
                             "weight_spec": asdict(rec.weight_spec), "act_spec": asdict(rec.act_spec)}
+            if name in placed_layers:   # floated by the default target's latency placement
+                layers[name] = float_layer_entry(layers[name], placed_layers[name].reason, placed_layers[name].target)
         else:
             decision = reverted_layers.get(name) or Decision("recipe", q.kept_float[name])
             layers[name] = {"quantized": False, "precision": "fp32", "reason": decision.reason,
@@ -192,8 +196,10 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
         "block_map": q.block_map.to_dict(),
         "fidelity_fakequant_vs_float": decisions.fidelity or q.fidelity,
         "reconstruction": q.recon_report,
-        "fallback": {**decisions.report,
-                     "reverted_units": {u: d.fields() for u, d in decisions.reverted_units.items()}},
+        "fallback": {**{k: v for k, v in decisions.report.items() if k != "placements"},
+                     **({"placement": next(iter(decisions.report["placements"].values())),
+                         "placements": decisions.report["placements"]} if decisions.report.get("placements") else {}),
+                     "reverted_units": {u: d.fields() for u, d in decisions.floated_units().items()}},
         "norm_placement": norm_placement(q.block_map.op_counts, len(q.folded)),
         "ptq_seconds": round(ptq_seconds, 2),
         "quantize_seconds": round(q.seconds, 2),
@@ -207,9 +213,16 @@ def write_quantized(q: Quantized, out: Path, seed: int, data: Dataset, device: s
                 "kept_observers": report["kept_observers"], "seconds": report["seconds"], "device": device}
                if report else None)
     return {"bundle": str(out), "model": q.loaded.spec, "recipe": q.recipe.name, "reconstruction": summary,
-            "quantized_layers": len(records), "float_layers": len(layers) - len(records),
+            "quantized_layers": sum(d["quantized"] for d in layers.values()),
+            "float_layers": sum(not d["quantized"] for d in layers.values()),
             "fallback": decisions.summary(), "batchnorm_folded": len(q.folded), "blocks": q.block_map.kinds(),
             "fidelity_fakequant_vs_float": decisions.fidelity or q.fidelity, "ptq_seconds": round(ptq_seconds, 2)}
+
+
+def _layer_decisions(q: Quantized, unit_decisions: dict) -> dict:
+    """Unit decisions per layer (a unit is the layers that read one activation quantizer)."""
+    return {layer: decision for unit, decision in unit_decisions.items()
+            for layer in q.records if q.records[layer].act_module == unit}
 
 
 def _rounding(layer: str, report: dict | None) -> str:

@@ -1,8 +1,8 @@
 """Build a latency-accuracy report: every variant of one model on every target.
 
 Variants: FP32 and FP16 ONNX, ONNX Runtime's ``quantize_static`` (the peer), and each edgeq recipe with its
-fallback mix. A recipe with a latency search is quantized once per target it can time here, because its
-placement is searched on that target. Each (variant, target) row carries the accuracy of the very file the
+fallback mix. A recipe with a latency search is quantized once, with a placement searched on each target it
+can time here, and exported per target with that target's placement. Each (variant, target) row carries the accuracy of the very file the
 target runs, measured by the target's runtime, and its latency, measured with every other row of the report
 in alternating blocks (so machine noise hits all rows alike); the raw samples stay in the report for the
 gate. A target that cannot run here gets rows that say why, never a number.
@@ -106,30 +106,36 @@ def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], wor
     edgeq_variants, first_bundle = [], None
     if _is_bundle(spec.source):
         first_bundle = Path(spec.source)
-        manifest = _manifest(first_bundle)
-        name = manifest["recipe"]["name"]
-        v = Variant(name, "edgeq")
-        api.export(first_bundle, "onnx", work / f"{name}.onnx", precision="int8")
-        built = Built(work / f"{name}.onnx", manifest.get("ptq_seconds"), first_bundle)
-        v.built = {t.name: built for t in runnable}
+        v = Variant(_manifest(first_bundle)["recipe"]["name"], "edgeq")
+        _export_per_target(v, first_bundle, runnable, work, _manifest(first_bundle).get("ptq_seconds"))
         edgeq_variants.append(v)
     else:
         for name, recipe in recipes.items():
             v = Variant(name, "edgeq")
-            searched = recipe.fallback.latency_search
-            # one bundle per target its placement is searched on; one for all when nothing here can be searched
-            for t in (runnable if searched and runnable else [None]):
-                tag = f"{name}-{t.name}" if t else name
-                bundle = work / f"{tag}.edgeq"
-                ui.log(f"report: quantizing {spec.source} with {name}" + (f" for {t.name}" if t else ""))
-                q = api.quantize(spec.source, spec.calib, name, bundle, **spec.quantize_args,
-                                 **({"target": t.name} if t else {"latency_search": False}))
-                api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8")
-                for target in ([t] if t else runnable):
-                    v.built[target.name] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
-                first_bundle = first_bundle or bundle
+            # one bundle with a placement searched on each runnable target (none when nothing here can be timed)
+            searched = recipe.fallback.latency_search and runnable
+            bundle = work / f"{name}.edgeq"
+            ui.log(f"report: quantizing {spec.source} with {name}"
+                   + (f" for {', '.join(t.name for t in runnable)}" if searched else ""))
+            q = api.quantize(spec.source, spec.calib, name, bundle, **spec.quantize_args,
+                             **({"target": [t.name for t in runnable]} if searched else {"latency_search": False}))
+            _export_per_target(v, bundle, runnable, work, q["ptq_seconds"])
+            first_bundle = first_bundle or bundle
             edgeq_variants.append(v)
     return _baselines(spec, first_bundle, runnable, work) + edgeq_variants
+
+
+def _export_per_target(v: Variant, bundle: Path, runnable: list[Target], work: Path, ptq_seconds) -> None:
+    """The bundle exported as each target ships it (its placement for that target, or the recipe's where the
+    bundle has none for it); without any placement, one file for all."""
+    from .. import api
+    from ..bundle import placement_targets
+    placed = bool(placement_targets(_manifest(bundle)))
+    for t in runnable:
+        path = work / (f"{v.name}-{t.name}.onnx" if placed else f"{v.name}.onnx")
+        if not path.exists():
+            api.export(bundle, "onnx", path, precision="int8", target=t.name if placed else None)
+        v.built[t.name] = Built(path, ptq_seconds, bundle)
 
 
 def _baselines(spec: ReportSpec, bundle: Path | None, runnable: list[Target], work: Path) -> list[Variant]:
@@ -266,7 +272,8 @@ def _edgeq_label(recipe: str, float_units: int, units: int) -> str:
 def _bundle_fields(bundle: Path, target: str) -> dict:
     """What the bundle decided: units in float, the placement verdict, and per layer its precision, the stage
     that decided it and the region's observer-only output error (the sensitivity the triage measured)."""
-    manifest = _manifest(bundle)
+    from ..bundle import manifest_for
+    manifest = manifest_for(_manifest(bundle), target)   # as the target's export carries it
     fallback = manifest.get("fallback") or {}
     placement = fallback.get("placement") or {}
     sensitivity = {}
