@@ -142,8 +142,9 @@ def _print_quantize(r: dict) -> None:
     learned = (f", {recon['regions']} blocks reconstructed on {recon['device']} in {recon['seconds']} s"
                + (f" ({len(recon['fallbacks'])} fell back to observers)" if recon["fallbacks"] else "")
                if recon else "")
+    on = f" on {r['fallback']['target']}" if r["fallback"].get("target") else ""
     click.echo(f"wrote {r['bundle']} ({r['recipe']}): {r['quantized_layers']} quantized layers, "
-               f"{r['float_layers']} float, {r['batchnorm_folded']} BatchNorms folded{learned}; "
+               f"{r['float_layers']} float{on}, {r['batchnorm_folded']} BatchNorms folded{learned}; "
                f"{r['ptq_seconds']} s in total")
     click.echo(f"fake-quant vs float on calibration samples: cosine {r['fidelity_fakequant_vs_float']['cosine']}, "
                f"top-1 agreement {r['fidelity_fakequant_vs_float']['top1_agreement']}")

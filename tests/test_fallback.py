@@ -188,6 +188,9 @@ def test_one_bundle_holds_a_placement_per_target(tmp_path):
         assert record["placement_applied"] == (target if target in placements else None)
         assert (record["placement_note"] is None) == (target in placements)
     assert "no latency placement for rpi4-ort" in record["placement_note"]
+    record = api.export(out, None, tmp_path / "trt", target="jetson-orin-trt")   # held, but not searched
+    assert record["placement_applied"] == "jetson-orin-trt" and not _float_weight_layers(tmp_path / "trt" / "model.onnx")
+    assert record["placement_note"].startswith("no latency placement was searched for jetson-orin-trt (")
     # the placements travel: applied to another quantization instead of searching, picked by --target
     searched = read_placements(out)
     assert list(searched) == ["x86-cpu-ort", "x86-cpu-openvino"]   # not the one that was not searched

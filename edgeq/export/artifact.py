@@ -100,7 +100,9 @@ def placement_note(bundle: Bundle) -> str | None:
     if not placements:
         return _format2_note(bundle, target)
     if target in placements:
-        return None
+        why = placements[target].get("not_searched")
+        return (f"no latency placement was searched for {target} ({why}): every candidate layer is int8 as recipe "
+                f"{bundle.manifest['recipe']['name']} decided." if why else None)
     floated = {t: len(p.get("float_layers") or {}) for t, p in placements.items() if p.get("float_layers")}
     if not floated:
         return None
