@@ -310,6 +310,12 @@ def test_a_region_whose_hard_loss_does_not_move_stops_early(tmp_path, calib_npy)
     api.quantize(TINY, str(calib_npy), str(recipe), tmp_path / "s.edgeq", latency_search=False)
     regions = json.loads((tmp_path / "s.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]
     assert regions and all(r["iterations"] == 100 and r["stopped"] == "no progress" for r in regions), regions
+    # stop_early: false (w6a6's choice) keeps the best probed state but runs every iteration
+    recipe.write_text(json.dumps({"edgeq_recipe": 1, "base": "w4a8", "name": "still", "reconstruction": {
+        "patience": 50, "stop_early": False, "iterations": 120, "weight_lr": 0.0, "act_lr": 0.0}}))
+    api.quantize(TINY, str(calib_npy), str(recipe), tmp_path / "f.edgeq", latency_search=False)
+    regions = json.loads((tmp_path / "f.edgeq" / "manifest.json").read_text())["reconstruction"]["regions"]
+    assert regions and all(r["iterations"] == 120 and not r.get("stopped") for r in regions), regions
 
 
 def test_budget_corrects_the_estimates_by_the_measured_step_time():

@@ -110,8 +110,10 @@ class ReconSpec:
     # reconstruction where it pays (the built-in recipes set these; all 0 = every region, every iteration):
     time_budget: float = 0.0        # seconds of learning per model, most harmful regions first (0: no limit)
     learn_above: float = 0.0        # learn a region only when its observer-only output NMSE exceeds this
-    patience: int = 0               # check the hard loss every this many steps; stop after two checks
-                                    # when it is not 1 % below its start (0: never)
+    patience: int = 0               # check the hard loss every this many steps and keep the best state;
+                                    # with stop_early, stop after two checks when it is not 1 % below its
+                                    # start (0: no checks)
+    stop_early: bool = True
 
     def validate(self, where: str) -> "ReconSpec":
         for key in ("iterations", "batch_size"):
@@ -130,7 +132,7 @@ class ReconSpec:
             raise RecipeError(f"{where}: warmup must be in [0, 1), got {self.warmup!r}.")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
-        for key in ("choose_granularity", "choose_scheme", "joint_bridges"):
+        for key in ("choose_granularity", "choose_scheme", "joint_bridges", "stop_early"):
             if not isinstance(getattr(self, key), bool):
                 raise RecipeError(f"{where}: {key} must be true or false.")
         return self
@@ -205,9 +207,12 @@ _WHERE_IT_PAYS = ReconSpec(time_budget=15.0, learn_above=1e-3, patience=50)
 # Below 8 bits every region pays, and the hard loss keeps improving to the last iterations: learn them all.
 # Keeping each region's best probed state helped w6a6 on the zoo (mobilevit 0.12 vs 0.23 pp, edgenext 0.04 vs
 # 0.15) but not w4a8 (mobilevit over seeds 0-2: 0.25-0.33 vs 0.11-0.30 pp); differences of this size are
-# within seed-to-seed spread (about ±0.1 pp), so treat the choice as provisional.
+# within seed-to-seed spread (about ±0.1 pp), so treat the choice as provisional. No early stop there: the
+# hard loss of an AdaRound region can sit flat for the first hundred steps (the regulariser starts after the
+# warm-up) and then fall; stopped at 100 steps, w6a6 mobilevit_xxs's stem and stages.1.0 learned nothing
+# (stages.1.0 block loss 7.12, where 300 steps reach 6.74).
 _EVERY_REGION = ReconSpec()
-_EVERY_REGION_KEEP_BEST = ReconSpec(patience=50)
+_EVERY_REGION_KEEP_BEST = ReconSpec(patience=50, stop_early=False)
 
 BUILTIN = {
     "w8a8": Recipe(

@@ -6,7 +6,8 @@ rounding towards 0/1 and so *raises* the soft reconstruction loss while it works
 4 bits). So every ``patience`` steps the hard-rounded region runs on a fixed probe batch, the best state so far
 is kept (and restored at the end), and learning stops early only when it does nothing: after
 ``NO_PROGRESS_CHECKS`` checks the best hard loss is not 1 % below where it started (random-init models, easy
-8-bit regions); otherwise it runs to the iterations or its share of the time budget.
+8-bit regions) and the recipe allows it (``stop_early``); otherwise it runs to the iterations or its share of
+the time budget.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def train_region(i: int, region: Region, learners, quant_cache, targets, grads, 
                 sched_a.step()
             done = it + 1
             update(1, f"loss {float(rec.detach()):.4g}" if it % 10 == 0 else None)
-            stopped = _should_stop(probe, done, spec.patience, deadline)
+            stopped = _should_stop(probe, done, spec.patience, deadline, spec.stop_early)
             if stopped:
                 break
     if probe is not None:
@@ -143,11 +144,12 @@ def train_region(i: int, region: Region, learners, quant_cache, targets, grads, 
     return done, stopped
 
 
-def _should_stop(probe: _Probe | None, done: int, patience: int, deadline: float | None) -> str | None:
+def _should_stop(probe: _Probe | None, done: int, patience: int, deadline: float | None,
+                 stop_early: bool = True) -> str | None:
     if deadline is not None and time.perf_counter() > deadline:
         return "time budget"
     if probe is not None and done % patience == 0:
         probe.check()
-        if done == NO_PROGRESS_CHECKS * patience and not probe.moved():
+        if stop_early and done == NO_PROGRESS_CHECKS * patience and not probe.moved():
             return "no progress"
     return None
