@@ -107,10 +107,22 @@ def placement_note(bundle: Bundle) -> str | None:
     if not floated:
         return None
     elsewhere = ", ".join(f"{t} ({n} layers float there)" for t, n in floated.items())
+    how = (f"to search one, quantize with --target {target} where its runtime runs" if _is_target(target)
+           else "export with --target NAME to apply the placement of a device target it has")
     return (f"this bundle has no latency placement for {target}, so the placements searched for {elsewhere} are "
             f"not applied: every candidate layer is int8 as recipe {bundle.manifest['recipe']['name']} decided; "
-            f"to search one, quantize with --target {target} where its runtime runs "
-            f"(the bundle has: {', '.join(placement_targets(bundle.manifest))}).")
+            f"{how} (the bundle has: {', '.join(placement_targets(bundle.manifest))}).")
+
+
+def _is_target(name: str) -> bool:
+    """Whether ``name`` is a device target (exports without one name their form instead, e.g. TensorRT)."""
+    from ..errors import EdgeqError
+    from ..target import get_target
+    try:
+        get_target(name)
+        return True
+    except EdgeqError:
+        return False
 
 
 def _format2_note(bundle: Bundle, target: str) -> str | None:

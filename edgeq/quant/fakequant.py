@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from ..memory import release_freed_memory
 from ..trace.blocks import BlockMap, conv_groups
 from ..trace.graphutil import get_attr, node_by_name, set_param
 from .observers import Observer, QParams, observe_weight
@@ -359,4 +360,12 @@ def _is_act_quant(gm: fx.GraphModule, node) -> bool:
 
 
 def freeze_activations(gm: fx.GraphModule) -> dict[str, QParams]:
-    return {name: mod.freeze() for name, mod in gm.named_children() if isinstance(mod, ActQuant)}
+    """Choose every activation range. The MSE searches' freed temporaries stay resident in glibc's heap
+    unless trimmed after each (edgenext_xx_small at 224² on an Intel Xeon: +950 MB over 51 quantizers,
+    a 2.3 GB peak)."""
+    frozen = {}
+    for name, mod in gm.named_children():
+        if isinstance(mod, ActQuant):
+            frozen[name] = mod.freeze()
+            release_freed_memory()
+    return frozen

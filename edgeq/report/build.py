@@ -2,10 +2,10 @@
 
 Variants: FP32 and FP16 ONNX, ONNX Runtime's ``quantize_static`` (the peer), and each edgeq recipe with its
 fallback mix. A recipe with a latency search is quantized once, with a placement searched on each target it
-can time here, and exported per target with that target's placement. Each (variant, target) row carries the accuracy of the very file the
-target runs, measured by the target's runtime, and its latency, measured with every other row of the report
-in alternating blocks (so machine noise hits all rows alike); the raw samples stay in the report for the
-gate. A target that cannot run here gets rows that say why, never a number.
+can time here, and exported per target with that target's placement. Each (variant, target) row carries the
+accuracy of the very file the target runs, measured by the target's runtime, and its latency, measured with
+every other row of the report in alternating blocks (so machine noise hits all rows alike); the raw samples
+stay in the report for the gate. A target that cannot run here gets rows that say why, never a number.
 """
 from __future__ import annotations
 
