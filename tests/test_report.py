@@ -122,3 +122,14 @@ def test_report_page_in_headless_chromium(tiny_report, tmp_path):
     shot = SCREENSHOTS / "report.png"
     _chromium(f"--screenshot={shot}", "--window-size=1280,2000", page.resolve().as_uri())
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_an_all_float_row_is_not_called_a_speed_up():
+    """A recipe row whose every unit is float is the FP32 graph: what it measured against the FP32 file is the
+    difference between two sessions of one model, so the table says so instead of printing a speed-up."""
+    from edgeq.report.render import _speed_cell
+    row = {"variant": "w8a8", "speedup_vs_target_fp32": 1.07, "units": 72, "float_units": 72, "within_noise": False}
+    assert _speed_cell(row) == "= FP32 graph (measured 1.07x)"
+    assert _speed_cell({**row, "float_units": 3}) == "1.07x"
+    assert _speed_cell({**row, "float_units": 3, "within_noise": True, "speedup_interval": [0.98, 1.1]}) == \
+        "≈1 (noise: 0.98–1.10x)"

@@ -135,5 +135,6 @@ def _format2_note(bundle: Bundle, target: str) -> str | None:
         return None
     runtime, count = max(searched.items(), key=lambda kv: kv[1])
     return (f"{count} layers are float because the latency placement measured on {runtime} found int8 slower "
-            f"there, which says nothing about {target}; for {target}, quantize again with --target {target} or "
-            f"--no-latency-search (the accuracy-budget and outlier fallbacks still apply).")
+            f"there, which says nothing about {target}; for {target}, quantize again with "
+            f"{f'--target {target} or ' if _is_target(target) else ''}--no-latency-search (the accuracy-budget "
+            f"and outlier fallbacks still apply).")
