@@ -168,6 +168,9 @@ def read_bundle(path: str | Path, target: str | None = None) -> Bundle:
 
 # --- placements per target ------------------------------------------------------------------------------
 
+LAYER_BASE = ("block", "module", "op")   # what a layer entry says whatever its precision
+
+
 def _int8_fields(entry: dict) -> dict:
     """Where a layer's int8 fields live: the entry itself, or ``entry["int8"]`` when a placement floats it."""
     return entry if entry["quantized"] else entry["int8"]
@@ -205,9 +208,7 @@ def _layer_for(entry: dict, float_reason: str | None, target: str) -> dict:
     """One layer as ``target`` ships it: floated by its placement, or back in int8 if another target's
     placement floated it."""
     if "int8" in entry:     # stored floated by the default target's placement
-        base = {k: v for k, v in entry.items() if k not in ("int8", "quantized", "precision", "reason", "stage",
-                                                              "target")}
-        entry = {**base, **entry["int8"]}
+        entry = {**{k: entry[k] for k in LAYER_BASE}, **entry["int8"]}
     if float_reason is None or not entry["quantized"]:
         return entry
     return float_layer_entry(entry, float_reason, target)
@@ -215,9 +216,9 @@ def _layer_for(entry: dict, float_reason: str | None, target: str) -> dict:
 
 def float_layer_entry(entry: dict, reason: str, target: str) -> dict:
     """A quantized layer entry floated by ``target``'s latency placement, its int8 fields kept aside."""
-    int8 = {k: v for k, v in entry.items() if k not in ("block", "module", "op")}
+    int8 = {k: v for k, v in entry.items() if k not in LAYER_BASE}
     return {"quantized": False, "precision": "fp32", "reason": reason, "stage": "latency", "target": target,
-            "block": entry["block"], "module": entry["module"], "op": entry["op"], "int8": int8}
+            **{k: entry[k] for k in LAYER_BASE}, "int8": int8}
 
 
 def require_plain_input(bundle: Bundle, what: str) -> None:

@@ -116,13 +116,8 @@ def placement_note(bundle: Bundle) -> str | None:
 
 def _is_target(name: str) -> bool:
     """Whether ``name`` is a device target (exports without one name their form instead, e.g. TensorRT)."""
-    from ..errors import EdgeqError
-    from ..target import get_target
-    try:
-        get_target(name)
-        return True
-    except EdgeqError:
-        return False
+    from ..target import target_names
+    return name in target_names()
 
 
 def _format2_note(bundle: Bundle, target: str) -> str | None:

@@ -180,10 +180,10 @@ class FallbackRun:
             with stage("latency placement"), _workdir(out) as work:   # one int8 export serves every target
                 result.report["placements"] = {t: self._place(t, q, data, units, result, work)
                                                for t in self._placement_targets()}
+        by_name = {u.name: u for u in units}
         if self.budget is not None and result.placements:  # placements float more: judge each again
             with stage("accuracy budget"):
-                self._judge_placements(q, data, units, switch, result)
-        by_name = {u.name: u for u in units}
+                self._judge_placements(q, data, by_name, switch, result)
         with switch.floating([by_name[n] for n in result.placements.get(result.default_target, {})]):
             result.fidelity = compare_outputs(q.float_out, _run(q, q.samples))   # as the default target ships it
         result.seconds = time.perf_counter() - start
@@ -211,11 +211,10 @@ class FallbackRun:
         report["float_layers"] = {layer: d.reason for u, d in decisions.items() for layer in _unit_layers(units, u)}
         return report
 
-    def _judge_placements(self, q, data: Dataset, units: list[Unit], switch: FloatSwitch,
+    def _judge_placements(self, q, data: Dataset, by_name: dict[str, Unit], switch: FloatSwitch,
                           result: FallbackResult) -> None:
         """The budget on each target's placement; the bundle meets it only if every placement does."""
-        metric = self._metric(q, data, units, switch)
-        by_name = {u.name: u for u in units}
+        metric = self._metric(q, data, list(by_name.values()), switch)
         judged = {}
         for target, decisions in result.placements.items():
             with switch.floating([by_name[n] for n in decisions]):

@@ -106,8 +106,9 @@ def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], wor
     edgeq_variants, first_bundle = [], None
     if _is_bundle(spec.source):
         first_bundle = Path(spec.source)
-        v = Variant(_manifest(first_bundle)["recipe"]["name"], "edgeq")
-        _export_per_target(v, first_bundle, runnable, work, _manifest(first_bundle).get("ptq_seconds"))
+        manifest = _manifest(first_bundle)
+        v = Variant(manifest["recipe"]["name"], "edgeq")
+        _export_per_target(v, first_bundle, runnable, work, manifest.get("ptq_seconds"))
         edgeq_variants.append(v)
     else:
         for name, recipe in recipes.items():
