@@ -399,9 +399,10 @@ def _names(text: str) -> list[str]:
 
 
 @main.command()
-@click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all", "ptq"]),
+@click.option("--suite", default="zoo", show_default=True, type=click.Choice(["zoo", "speed", "all", "ptq", "gate"]),
               help="zoo: accuracy and latency of the bundled models; speed: latency of the 224×224 architectures; "
-                   "ptq: seconds and peak memory of the default quantize at 224×224 (reports/ptq.md).")
+                   "ptq: seconds and peak memory of the default quantize at 224×224 (reports/ptq.md); gate: how "
+                   "often edgeq gate is right on identical, 3 % and 10 % slower copies (reports/gate.md).")
 @click.option("--models", help="Comma-separated subset of the suite's models.")
 @click.option("--recipes", help="Comma-separated edgeq recipes (default: w8a8-fast,w8a8,w6a6,w4a8 on the zoo "
                                 "suite, w8a8-fast,w8a8 on the speed suite; ptq suite: w8a8,w8a8-every-region; also w8a8-unbounded).")
@@ -409,9 +410,14 @@ def _names(text: str) -> list[str]:
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test images (default: all 10k).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--metric", help="Accuracy metric of the zoo suite: top1 (default), top5, or file.py:fn / module:fn.")
+@click.option("--decisions", default=100, show_default=True, type=int, help="Gate suite: decisions per case.")
 @command
-def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, as_json):
+def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
+    if suite == "gate":
+        from .gate.evidence import bench_gate
+        result = bench_gate(models or "mobilevit_xxs", out_dir, decisions)
+        return _emit(result, as_json, lambda r: click.echo(r["markdown"]))
     if suite == "ptq":
         from .bench import SPEED_SUITE
         from .bench_ptq import run_ptq_bench
@@ -422,6 +428,43 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, as_json):
     result = run_bench(suite, models.split(",") if models else None, recipes.split(",") if recipes else None,
                        runs, eval_limit, out_dir, _metric_choice(metric, None, 0))
     _emit(result, as_json, lambda r: click.echo(r["markdown"]))
+
+
+@main.command()
+@click.option("--baseline", required=True, type=click.Path(), help="What ships today: an artifact, bundle or report.json.")
+@click.option("--current", required=True, type=click.Path(), help="The candidate, of the same kind.")
+@click.option("--target", help="Device target to time on (default: the artifact's own target, else x86-cpu-ort).")
+@click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "interleaved", "report"]),
+              help="interleaved: time both here, side by side; report: test two stored reports' samples.")
+@click.option("--max-slowdown", default=0.05, show_default=True, type=float,
+              help="Fractional slowdown that fails (interleaved: even the interval's fast end beyond it).")
+@click.option("--alpha", default=0.002, show_default=True, type=float, help="Report mode: Mann-Whitney p-value.")
+@click.option("--max-drop", type=float, help="Accuracy drop that fails, in the report's metric units.")
+@click.option("--max-size-growth", default=0.10, show_default=True, type=float,
+              help="Fractional artifact size growth that fails.")
+@click.option("--variant", "variants", multiple=True, help="Compare only this variant (repeatable).")
+@click.option("--max-rounds", default=30, show_default=True, type=int, help="Interleaved: most rounds before deciding.")
+@click.option("--threads", type=int, help="Runtime threads (default: the target's).")
+@click.option("--data", help="Artifacts with --max-drop: labelled evaluation data (e.g. zoo:test).")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")
+@metric_options
+@command
+def gate(baseline, current, target, mode, max_slowdown, alpha, max_drop, max_size_growth, variants, max_rounds,
+         threads, data, summary_path, metric, charset, blank, labels, as_json):
+    """Fail (exit 1) when CURRENT is slower, less accurate or bigger than BASELINE; exit 0 when not, 2 on bad input."""
+    from .fsutil import check_output, write_text_atomic
+    from .gate import GateOptions, run_gate
+    from .gate.summary import markdown
+    if summary_path:
+        check_output(summary_path, force=True)
+    options = GateOptions(target, mode, max_slowdown, alpha, max_drop, max_size_growth, tuple(variants),
+                          max_rounds, threads, data, _metric_choice(metric, charset, blank), labels)
+    result = run_gate(baseline, current, options).to_dict()
+    text = markdown(result)
+    if summary_path:
+        write_text_atomic(summary_path, text)
+    _emit(result, as_json, lambda r: click.echo(text))
+    sys.exit(0 if result["passed"] else 1)
 
 
 @main.command()
