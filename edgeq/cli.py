@@ -411,12 +411,13 @@ def _names(text: str) -> list[str]:
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--metric", help="Accuracy metric of the zoo suite: top1 (default), top5, or file.py:fn / module:fn.")
 @click.option("--decisions", default=100, show_default=True, type=int, help="Gate suite: decisions per case.")
+@click.option("--threads", type=int, help="Gate suite: runtime threads (default: the target's).")
 @command
-def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, as_json):
+def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, threads, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
     if suite == "gate":
         from .gate.evidence import bench_gate
-        result = bench_gate(models or "mobilevit_xxs", out_dir, decisions)
+        result = bench_gate(models or "mobilevit_xxs", out_dir, decisions, threads)
         return _emit(result, as_json, lambda r: click.echo(r["markdown"]))
     if suite == "ptq":
         from .bench import SPEED_SUITE
@@ -443,7 +444,7 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, 
 @click.option("--max-size-growth", default=0.10, show_default=True, type=float,
               help="Fractional artifact size growth that fails.")
 @click.option("--variant", "variants", multiple=True, help="Compare only this variant (repeatable).")
-@click.option("--max-rounds", default=30, show_default=True, type=int, help="Interleaved: most rounds before deciding.")
+@click.option("--max-rounds", default=60, show_default=True, type=int, help="Interleaved: most rounds before deciding.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
 @click.option("--data", help="Artifacts with --max-drop: labelled evaluation data (e.g. zoo:test).")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")

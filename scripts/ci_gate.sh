@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-edgeq report --model zoo:mobilevit_xxs --recipes w8a8-fast --targets x86-cpu-ort --runs 50 --eval-limit 2000 \
+edgeq report zoo:mobilevit_xxs --recipes w8a8-fast --targets x86-cpu-ort --runs 50 --eval-limit 2000 \
   --keep-artifacts -o "$work/current" > "$work/report.log" 2>&1 || { cat "$work/report.log"; exit 2; }
 if [ "${1:-}" = "--update" ]; then
   rm -rf reports/baseline && mkdir -p reports/baseline
@@ -19,6 +19,5 @@ fi
 # generous limits: CI machines are shared, and this guards against a change that clearly slows the exports
 edgeq gate --baseline reports/baseline.json --current "$work/current" --mode interleaved \
   --variant w8a8-fast --variant fp32 --max-slowdown 0.25 --max-drop 0.5 --max-size-growth 0.10 \
-  --summary "$work/gate.md" || status=$?
-cat "$work/gate.md" 2>/dev/null || true
+  --threads 1 --summary "$work/gate.md" || status=$?
 exit "${status:-0}"

@@ -77,7 +77,7 @@ def zoo_artifacts(tmp_path_factory):
 
 def test_interleaved_identical_copy_passes_and_slowed_copy_fails(zoo_artifacts, tmp_path):
     a = zoo_artifacts
-    ok = _gate("--baseline", a["base"], "--current", a["same"], "--json")
+    ok = _gate("--baseline", a["base"], "--current", a["same"], "--json", "--threads", "1")  # as reports/gate.md
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
     assert result["passed"] and result["mode"] == "interleaved"
@@ -98,7 +98,7 @@ def test_interleaved_identical_copy_passes_and_slowed_copy_fails(zoo_artifacts, 
 
 def test_a_bundle_is_exported_for_the_target_and_compared(zoo_artifacts):
     done = _gate("--baseline", zoo_artifacts["bundle"], "--current", zoo_artifacts["base"], "--json",
-                 "--max-drop", "0.5", "--data", "zoo:test")
+                 "--max-drop", "0.5", "--data", "zoo:test", "--threads", "1")
     assert done.returncode == 0, done.stderr
     findings = {f["metric"]: f for f in json.loads(done.stdout)["findings"]}
     assert findings["accuracy (top1)"]["baseline"] == findings["accuracy (top1)"]["current"]
@@ -148,7 +148,7 @@ def test_report_mode_tests_stored_samples(zoo_report, tmp_path):
 
 def test_interleaved_mode_on_reports_with_kept_artifacts(zoo_report):
     done = _gate("--baseline", zoo_report, "--current", zoo_report, "--mode", "interleaved", "--variant", "fp32",
-                 "--json")
+                 "--json", "--threads", "1")
     assert done.returncode == 0, done.stderr
     findings = json.loads(done.stdout)["findings"]
     assert [f["variant"] for f in findings] == ["fp32", "fp32"] and "interleaved" in findings[0]["statistic"]
@@ -169,6 +169,10 @@ def test_bad_input_is_one_sentence_and_exit_2(zoo_artifacts, zoo_report, tmp_pat
             if row["measured"]:
                 row["latency"].update(runs=4, samples_ms=row["latency"]["samples_ms"][:4])
     too_few = _edited_report(zoo_report, tmp_path / "few", few)
+    other_target = _edited_report(zoo_report, tmp_path / "target", lambda r: [
+        row.update(target="x86-cpu-openvino") for row in r["rows"]])
+    other_cpu = _edited_report(zoo_report, tmp_path / "cpu", lambda r: r["env"]["machine"].update(
+        processor="Some Other CPU"))
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{not json")
     summary = tmp_path / "summary.md"
@@ -176,6 +180,8 @@ def test_bad_input_is_one_sentence_and_exit_2(zoo_artifacts, zoo_report, tmp_pat
         ((base, other), "differ in model (zoo:mobilevit_xxs vs zoo:levit_128s)"),
         ((zoo_report / "report.json", old), "edgeq.report/0; this edgeq reads edgeq.report/1"),
         ((zoo_report / "report.json", one_sided), "variant fp16 on x86-cpu-ort is in the baseline side only"),
+        ((zoo_report / "report.json", other_target), "differ in target (x86-cpu-ort vs x86-cpu-openvino)"),
+        ((zoo_report / "report.json", other_cpu), "timed on different CPUs"),
         ((zoo_report / "report.json", too_few), "needs at least 6 per side"),
         ((garbage, zoo_report / "report.json"), "is not a JSON report"),
         ((base, zoo_report / "report.json"), "one side is a report.json and the other an artifact"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..envinfo import machine
 from .inputs import Entry, GateError, check_artifacts_timeable, check_comparable, load_side, pair_entries
-from .interleaved import MAX_ROUNDS, time_pair
+from .interleaved import MAX_ROUNDS, MIN_ROUNDS, time_pair
 from .stats import mann_whitney_slower, min_samples
 
 SCHEMA = "edgeq.gate/1"
@@ -62,8 +62,8 @@ class GateOptions:
                 raise GateError(f"{name} must not be negative (got {value}).")
         if not 0 < self.alpha < 1:
             raise GateError(f"--alpha must lie between 0 and 1 (got {self.alpha}).")
-        if self.max_rounds < 3:
-            raise GateError(f"--max-rounds must be at least 3 (got {self.max_rounds}).")
+        if self.max_rounds < MIN_ROUNDS:
+            raise GateError(f"--max-rounds must be at least {MIN_ROUNDS} (got {self.max_rounds}).")
         return self
 
 

@@ -24,10 +24,10 @@ from .. import ui
 from ..envinfo import machine
 from ..fsutil import write_text_atomic
 from .inputs import GateError
-from .interleaved import time_pair
+from .interleaved import MAX_ROUNDS, time_pair
 
-UNIT = 128            # each unit of extra work: (64 x UNIT) @ (UNIT x UNIT), then Tanh
-CALIBRATION_ROUNDS = 20
+UNIT = 64             # each unit of extra work: (64 x UNIT) @ (UNIT x UNIT), then Tanh (~0.5 % of the zoo model)
+CALIBRATION_ROUNDS = 60
 KINDS = {"identical": 0.0, "slower-3%": 0.03, "slower-10%": 0.10}
 
 
@@ -71,25 +71,22 @@ def slowed_copy(src: Path, dst: Path, units: int) -> Path:
     return dst
 
 
-def measured_ratio(base: Path, cand: Path, target: str, rounds: int = CALIBRATION_ROUNDS) -> float:
+def measured_ratio(base: Path, cand: Path, target: str, threads: int | None,
+                   rounds: int = CALIBRATION_ROUNDS) -> float:
     """The candidate's time ratio from a long interleaved run (no early stop)."""
-    return time_pair(base, cand, target, max_slowdown=1e9, min_rounds=rounds, max_rounds=rounds).interval.ratio
+    return time_pair(base, cand, target, 1e9, threads, min_rounds=rounds, max_rounds=rounds).interval.ratio
 
 
-def calibrate(base: Path, work: Path, target: str, slowdown: float) -> tuple[Path, int, float]:
-    """A slowed copy whose measured ratio is close to 1 + ``slowdown``: its units, and the ratio measured."""
-    probe_units = 8
+def calibrate(base: Path, work: Path, target: str, slowdown: float, threads: int | None) -> tuple[Path, int, float]:
+    """A slowed copy whose ratio is close to 1 + ``slowdown``: its units, and its ratio measured in a long run.
+    The cost of one unit comes from a copy with many (a 2 % slowdown cannot be measured to a tenth in a
+    reasonable time, a 25 % one can)."""
+    probe_units = 40
     probe = slowed_copy(base, work / "probe.onnx", probe_units)
-    per_unit = max(1e-4, (measured_ratio(base, probe, target) - 1) / probe_units)
+    per_unit = max(1e-4, (measured_ratio(base, probe, target, threads) - 1) / probe_units)
     units = max(1, round(slowdown / per_unit))
     path = slowed_copy(base, work / f"slower-{slowdown:.0%}.onnx", units)
-    for _ in range(2):   # one correction from a direct measurement of the copy itself
-        ratio = measured_ratio(base, path, target)
-        if abs(ratio - 1 - slowdown) <= 0.15 * slowdown:
-            break
-        units = max(1, round(units * slowdown / max(ratio - 1, per_unit)))
-        path = slowed_copy(base, path, units)
-    return path, units, measured_ratio(base, path, target)
+    return path, units, measured_ratio(base, path, target, threads)
 
 
 def _busy() -> None:
@@ -97,16 +94,16 @@ def _busy() -> None:
         pass
 
 
-def decisions(base: Path, cand: Path, target: str, n: int, max_slowdown: float) -> list[dict]:
+def decisions(base: Path, cand: Path, target: str, n: int, max_slowdown: float, threads: int | None) -> list[dict]:
     out = []
     for i in range(n):
-        t = time_pair(base, cand, target, max_slowdown, seed=i)
+        t = time_pair(base, cand, target, max_slowdown, threads, seed=i)
         out.append({"decision": t.decision, "rounds": t.interval.rounds, "seconds": t.seconds,
                     "ratio": t.interval.ratio})
     return out
 
 
-def bench_gate(model: str, out_dir: str | Path, n: int) -> dict:
+def bench_gate(model: str, out_dir: str | Path, n: int, threads: int | None = None) -> dict:
     """The gate suite on the int8 export (w8a8-fast) of zoo model ``model``."""
     from .. import api
     if n < 1:
@@ -115,17 +112,18 @@ def bench_gate(model: str, out_dir: str | Path, n: int) -> dict:
         work = Path(tmp)
         api.quantize(f"zoo:{model}", "zoo", "w8a8-fast", work / "model.edgeq")
         api.export(work / "model.edgeq", "onnx", work / "model.onnx", precision="int8")
-        return run_gate_bench(work / "model.onnx", work, Path(out_dir), n, label=f"zoo:{model} (w8a8-fast int8 ONNX)")
+        return run_gate_bench(work / "model.onnx", work, Path(out_dir), n, threads=threads,
+                              label=f"zoo:{model} (w8a8-fast int8 ONNX)")
 
 
 def run_gate_bench(base: Path, work: Path, out_dir: Path, n: int, target: str = "x86-cpu-ort",
-                   max_slowdown: float = 0.05, label: str | None = None) -> dict:
+                   max_slowdown: float = 0.05, threads: int | None = None, label: str | None = None) -> dict:
     """``n`` decisions per kind, quiet and with a noisy neighbour; reports/gate.json and gate.md."""
     started = time.perf_counter()
     candidates = {"identical": (base, 0, None)}
     for kind, slowdown in KINDS.items():
         if slowdown:
-            candidates[kind] = calibrate(base, work, target, slowdown)
+            candidates[kind] = calibrate(base, work, target, slowdown, threads)
             ui.log(f"gate bench: {kind}: {candidates[kind][1]} units, measured ratio {candidates[kind][2]:.3f}")
     results = {}
     for condition in ("quiet", "noisy neighbour"):
@@ -134,7 +132,7 @@ def run_gate_bench(base: Path, work: Path, out_dir: Path, n: int, target: str = 
             neighbour.start()
         try:
             for kind, (path, units, ratio) in candidates.items():
-                rows = decisions(base, path, target, n, max_slowdown)
+                rows = decisions(base, path, target, n, max_slowdown, threads)
                 results[f"{condition} / {kind}"] = _summarise(condition, kind, units, ratio, rows)
                 ui.log(f"gate bench: {condition} / {kind}: {results[f'{condition} / {kind}']['regression_rate']:.0%} "
                        f"flagged")
@@ -142,7 +140,8 @@ def run_gate_bench(base: Path, work: Path, out_dir: Path, n: int, target: str = 
             if neighbour:
                 neighbour.terminate()
                 neighbour.join()
-    report = {"schema": "edgeq.gate-bench/1", "model": label or str(base), "target": target, "max_slowdown": max_slowdown,
+    report = {"schema": "edgeq.gate-bench/1", "model": label or str(base), "target": target, "threads": threads,
+              "max_slowdown": max_slowdown,
               "decisions_per_case": n, "seconds": round(time.perf_counter() - started, 1), "machine": machine(),
               "cases": results}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +161,10 @@ def _summarise(condition: str, kind: str, units: int, ratio: float | None, rows:
 
 def gate_markdown(report: dict) -> str:
     m = report["machine"]
+    threads = report["threads"] or "the target's"
     lines = [f"# Gate reliability: {report['decisions_per_case']} interleaved decisions per case", "",
-             f"Model {report['model']} on {report['target']}, threshold {report['max_slowdown']:.0%} (the default); "
+             f"Model {report['model']} on {report['target']} ({threads} threads), "
+             f"threshold {report['max_slowdown']:.0%} (the default), at most {MAX_ROUNDS} rounds; "
              f"{m.get('processor')} ({', '.join(m.get('isa') or [])}), {m.get('cpu_count')} cores; "
              f"{report['seconds'] / 60:.0f} min in all.", "",
              "| condition | candidate | measured ratio | flagged as regression | undecided | seconds per decision "
