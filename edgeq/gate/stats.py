@@ -1,7 +1,7 @@
 """The gate's statistics: the interleaved decision on per-round ratios, and Mann-Whitney U for stored samples.
 
 Interleaved: each round opens fresh sessions of baseline and candidate and times them in alternating blocks
-(profile/latency.py's paired blocks); the round gives one ratio candidate/baseline. Fresh sessions matter:
+(as profile/latency.py does); the round gives one ratio, median(candidate) / median(baseline). Fresh sessions matter:
 two sessions of one and the same graph measured a few per cent apart on this project's machines (memory
 placement, thread start-up), so a ratio from one pair of sessions is not the artifacts' ratio, and a
 bootstrap over that pair's blocks would call the session effect certain. Across rounds the log-ratios are
