@@ -16,7 +16,7 @@ from ..errors import ArtifactError, EdgeqError
 from ..profile.measure import artifact_form
 from ..report.schema import read_report
 from ..runtimes.base import onnx_file
-from ..target import DEFAULT_TARGET, get_target
+from ..target import DEFAULT_TARGET, get_target, target_names
 
 
 class GateError(EdgeqError):
@@ -90,7 +90,7 @@ def _artifact_side(role: str, path: Path, target: str) -> Side:
         raise GateError(f"the {role} {path} is not an artifact edgeq can time (an .onnx file, an edgeq export "
                         f"folder, a bundle or a report.json).")
     record = read_artifact(file)
-    pinned = record.get("target") if record.get("target") in _real_targets() else None
+    pinned = record.get("target") if record.get("target") in target_names() else None   # not "TensorRT" etc.
     target = target or pinned or DEFAULT_TARGET
     side = Side(role, path, "artifact", record.get("model"), (record.get("input") or {}).get("shape"),
                 pinned_target=pinned)
@@ -112,11 +112,6 @@ def _bundle_side(role: str, path: Path, target: str, work: Path) -> Side:
     variant = manifest["recipe"]["name"]
     side.entries[(variant, target)] = Entry(variant, target, out, out.stat().st_size)
     return side
-
-
-def _real_targets() -> set[str]:
-    from ..target import shipped
-    return set(shipped())
 
 
 def check_comparable(baseline: Side, current: Side, timed_from_reports: bool) -> None:

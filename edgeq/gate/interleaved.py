@@ -3,10 +3,11 @@
 A round opens a fresh session of each (in a random order), warms both up, and times them in alternating
 blocks; its ratio is the ratio of the two sides' median run times in that round. Rounds continue until the
 interval over rounds decides (stats.decide) or the round limit is reached, so a clear case stops early.
-Measured on this project's 2-core machines (zoo mobilevit_xxs int8, 2 threads, an A/A pair): a round's
-ratio of medians spreads by about 10 % (sd of its log), a paired-block ratio of sums of block medians by
-about 20 % (one slow block, 4x its neighbours, weighs on the sum); a 20 ms pause between blocks made no
-difference, and blocks of 10 runs were steadier than blocks of 5.
+Measured on this project's 2-core machines (zoo mobilevit_xxs int8, 2 threads, an A/A pair, 20 rounds per
+setting): a round's ratio of medians spreads by about 10 % (sd of its log), a paired-block ratio of sums of
+block medians by about 20 % (one slow block, 4x its neighbours, weighs on the sum); ratios of medians from
+blocks of 10 runs spread 0.07–0.13 over five tries (no pause or 2 ms between blocks), from blocks of 5
+0.09–0.24 over three (no pause or 20 ms).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..profile.latency import open_session
+from ..profile.latency import interleave
 from .stats import RoundInterval, decide, round_interval
 
 BLOCK = 10          # runs per block
@@ -59,19 +60,9 @@ def time_pair(baseline: Path, current: Path, target: str, max_slowdown: float, t
 
 
 def _one_round(paths: dict[str, Path], target: str, threads: int | None, order) -> dict[str, list[float]]:
+    """Fresh sessions of both sides, opened in a random order (the first may land differently), timed in
+    BLOCKS alternating blocks; the sessions are released when this returns."""
     names = list(paths)
-    sessions = {}
-    for i in order.permutation(len(names)):   # load order varies too: the first session may land differently
-        sessions[names[i]] = open_session(paths[names[i]], target, 1, threads)[1]
-    for session in sessions.values():
-        for _ in range(WARMUP):
-            session.step(record=False)
-    for _ in range(BLOCKS):
-        for i in order.permutation(len(names)):
-            session = sessions[names[i]]
-            time.sleep(SETTLE_S)
-            session.step(record=False)
-            session.time(BLOCK)
-    times = {name: s.times for name, s in sessions.items()}
-    sessions.clear()   # released before the next round opens fresh ones
-    return times
+    shuffled = {names[i]: paths[names[i]] for i in order.permutation(len(names))}
+    probes = interleave(shuffled, BLOCK * BLOCKS, WARMUP, 1, threads, target, BLOCK, order=order, settle=SETTLE_S)
+    return {name: session.times for name, (_, session) in probes.items()}

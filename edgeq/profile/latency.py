@@ -30,12 +30,13 @@ def open_session(path, target: str, batch: int, threads: int | None):
 
 
 def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
-                block: int) -> dict:
+                block: int, order: np.random.Generator | None = None, settle: float = SETTLE_S) -> dict:
     """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks.
 
-    Each round visits the models in a new random order (fixed seed): a model always timed first, right after
-    another runtime's threads, or always last, would carry that position's cost as if it were its own (an
-    artifact timed against an identical copy measured 1.25x "faster" with a fixed order on a loaded machine).
+    Each round visits the models in a new random order (``order``, default a fixed seed): a model always
+    timed first, right after another runtime's threads, or always last, would carry that position's cost as if
+    it were its own (an artifact timed against an identical copy measured 1.25x "faster" with a fixed order on
+    a loaded machine). ``settle``: seconds of pause before each block.
     """
     probes = {}
     for key, value in paths.items():
@@ -45,11 +46,11 @@ def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | N
     for probe in sessions:
         for _ in range(warmup):
             probe.step(record=False)
-    order = np.random.default_rng(0)
+    order = order if order is not None else np.random.default_rng(0)
     for _ in range(math.ceil(runs / block)):
         for i in order.permutation(len(sessions)):
             probe = sessions[i]
-            time.sleep(SETTLE_S)
+            time.sleep(settle)
             probe.step(record=False)
             for _ in range(block):
                 probe.step()
