@@ -22,7 +22,7 @@ import numpy as np
 from ..envinfo import machine
 from .inputs import Entry, GateError, check_artifacts_timeable, check_comparable, load_side, pair_entries
 from .interleaved import MAX_ROUNDS, MIN_ROUNDS, time_pair
-from .stats import mann_whitney_slower, min_samples
+from .stats import INTERVAL_COVERAGE, mann_whitney_slower, min_samples
 
 SCHEMA = "edgeq.gate/1"
 MODES = ("auto", "interleaved", "report")
@@ -156,7 +156,7 @@ def _latency(b: Entry, c: Entry, mode: str, o: GateOptions) -> dict:
     if mode == "interleaved":
         t = time_pair(b.artifact, c.artifact, b.target, o.max_slowdown, o.threads, max_rounds=o.max_rounds)
         i = t.interval
-        stat = (f"time ratio {i.ratio:.3f}, 90 % interval [{i.low:.3f}, {i.high:.3f}] over {i.rounds} interleaved "
+        stat = (f"time ratio {i.ratio:.3f}, {INTERVAL_COVERAGE:.0%} interval [{i.low:.3f}, {i.high:.3f}] over {i.rounds} interleaved "
                 f"rounds ({t.runs_per_side} runs each side, {t.seconds:.1f} s)")
         verdict = "regression" if t.decision == "regression" else "pass"
         if t.decision == "undecided":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..profile.latency import interleave
-from .stats import RoundInterval, decide, round_interval
+from .stats import RoundInterval, round_interval, sequential
 
 BLOCK = 10          # runs per block
 BLOCKS = 4          # block pairs per round
@@ -45,17 +45,16 @@ def time_pair(baseline: Path, current: Path, target: str, max_slowdown: float, t
     """Rounds of alternating blocks until the interval decides against ``max_slowdown`` (or ``max_rounds``)."""
     order = np.random.default_rng(seed)
     started = time.perf_counter()
-    ratios: list[float] = []
     samples: dict[str, list[float]] = {"baseline": [], "current": []}
-    decision = None
-    while decision is None and len(ratios) < max_rounds:
+
+    def one_ratio() -> float:
         times = _one_round({"baseline": baseline, "current": current}, target, threads, order)
         for side, t in times.items():
             samples[side] += t
-        ratios.append(float(np.median(times["current"]) / np.median(times["baseline"])))
-        if len(ratios) >= min_rounds:
-            decision = decide(round_interval(ratios), max_slowdown)
-    return Timing(round_interval(ratios), decision or "undecided", ratios, len(samples["baseline"]),
+        return float(np.median(times["current"]) / np.median(times["baseline"]))
+
+    ratios, decision = sequential(one_ratio, max_slowdown, min_rounds, max_rounds)
+    return Timing(round_interval(ratios), decision, ratios, len(samples["baseline"]),
                   round(time.perf_counter() - started, 2), samples["baseline"], samples["current"])
 
 
