@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError, CalibrationError
+from .errors import ArtifactError, CalibrationError, EdgeqError
 from .fsutil import check_output
 from .target import DEFAULT_TARGET, get_target
 
@@ -450,6 +450,9 @@ def profile(artifact: str | Path, *, threads: int | None = None, runs: int = 100
     device fingerprint. With ``ops``, also the time per op type and the kernel the runtime picked."""
     from .profile.measure import measure
 
+    if ops and get_target(target).reach == "ssh":
+        raise EdgeqError(f"--ops profiles with this machine's runtime; on {get_target(target).name} (over SSH) the "
+                         f"runner times whole inferences only.")
     result = measure(artifact, target, runs, warmup, [batch] if batch is not None else None, threads)
     if ops and result["measured"]:
         from .runtimes.base import onnx_file

@@ -36,6 +36,19 @@ def command(fn):
     return wrapper
 
 
+def host_option(fn):
+    """--host for targets reached over SSH (rpi4-ort, rpi5-ort, a YAML file with reach: ssh)."""
+    @click.option("--host", "hosts", multiple=True,
+                  help="USER@HOST[:PORT] of the device an SSH target (rpi4-ort, …) runs on, reached with your "
+                       "OpenSSH keys, agent and known_hosts; TARGET=USER@HOST for one target of several.")
+    @functools.wraps(fn)
+    def wrapper(*args, hosts=(), **kwargs):
+        from .target import bind_hosts
+        bind_hosts(hosts)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
 def model_options(fn):
     for option in reversed([
         click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded weights_only)."),
@@ -119,6 +132,7 @@ def main():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace an existing output (and discard a saved interrupted run).")
 @command
+@host_option
 def quantize(model, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, calib, calib_size,
              batch_size, recipe, iters, time_budget, weight_lr, act_lr, drop_prob, device, resume, max_drop,
              min_cosine, eval_data, eval_size, targets, no_latency_search, placement_from, metric, charset, blank,
@@ -336,6 +350,7 @@ def _print_eval(r: dict) -> None:
               help="Device target: a targets/ name (x86-cpu-ort, x86-cpu-openvino, rpi4-ort, …) or YAML file.")
 @click.option("--ops", is_flag=True, help="Also show time per op type and the kernel the runtime chose.")
 @command
+@host_option
 def profile(artifact, threads, runs, warmup, batch, target, ops, as_json):
     """A Measurement of an exported artifact on a device target: percentiles, throughput, raw samples."""
     from . import api
@@ -348,12 +363,14 @@ def _print_profile(r: dict) -> None:
     if not r["measured"]:
         click.echo(f"{r['artifact']} on {target}: not measured: {r['not_measured']}")
         return
-    cpu = r["fingerprint"].get("processor", "?")
+    cpu = r["fingerprint"].get("processor", "?") + (f" at {r['host']}" if r.get("host") else "")
     for b in r["batches"]:
         click.echo(f"{r['artifact']} on {target} ({cpu}): batch {b['batch']}: p50 {b['p50_ms']:.3f} ms, p90 "
                    f"{b['p90_ms']:.3f} ms, p99 {b['p99_ms']:.3f} ms, {b['throughput_per_s']:.1f}/s "
                    f"({r['threads'] or 'default'} threads, {r['runs']} runs after {r['warmup']} warm-up; "
                    f"load {b['load_seconds']} s)")
+    for warning in (r.get("device_state") or {}).get("warnings", []):
+        click.echo(f"warning: {warning}")
     for op, info in (r.get("ops") or {}).items():
         click.echo(f"  {info['ms']:8.3f} ms  {info['nodes']:4d} x  {op}")
 
@@ -377,6 +394,7 @@ def _print_profile(r: dict) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @metric_options
 @command
+@host_option
 def report(source, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, targets, recipes, calib,
            data, eval_limit, runs, out, keep_artifacts, force, metric, charset, blank, labels, as_json):
     """Every variant of a model (or bundle) on every target: accuracy, latency, size, PTQ time, as a report."""
@@ -450,6 +468,7 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, 
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")
 @metric_options
 @command
+@host_option
 def gate(baseline, current, target, mode, max_slowdown, alpha, max_drop, max_size_growth, variants, max_rounds,
          threads, data, summary_path, metric, charset, blank, labels, as_json):
     """Fail (exit 1) when CURRENT is slower, less accurate or bigger than BASELINE; exit 0 when not, 2 on bad input."""

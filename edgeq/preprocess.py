@@ -20,8 +20,8 @@ def preprocess_uint8(images: np.ndarray, size: int | tuple[int, int], in_chans: 
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    mean_t = torch.tensor(_per_channel(mean, in_chans)).view(1, -1, 1, 1)
-    std_t = torch.tensor(_per_channel(std, in_chans)).view(1, -1, 1, 1)
+    mean_t = torch.tensor(per_channel(mean, in_chans)).view(1, -1, 1, 1)
+    std_t = torch.tensor(per_channel(std, in_chans)).view(1, -1, 1, 1)
     return ((x - mean_t) / std_t).numpy().astype(np.float32)
 
 
@@ -37,7 +37,7 @@ def _match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
                            f"colour to grey, grey to colour, and nothing else.")
 
 
-def _per_channel(values, in_chans: int) -> list[float]:
+def per_channel(values, in_chans: int) -> list[float]:
     values = [float(v) for v in values]
     if len(values) == in_chans:
         return values

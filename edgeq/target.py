@@ -7,7 +7,7 @@ names the file and the field.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import EdgeqError
@@ -38,6 +38,7 @@ class Target:
     options: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     source: str = ""          # the file it was read from
+    host: str | None = None   # reach ssh: USER@HOST[:PORT] from --host
 
     @property
     def plugin(self) -> Runtime:
@@ -48,13 +49,21 @@ class Target:
         if self.reach == "none":
             return f"{self.name} is not reachable from edgeq (export here, build and measure on the device)"
         if self.reach == "ssh":
-            return f"{self.name} is reached over SSH, which edgeq's remote runner does not do yet"
+            return None if self.host else f"{self.name} is reached over SSH: give --host USER@HOST[:PORT]"
         return self.plugin.available()
+
+    def fingerprint(self) -> dict:
+        """The device as the runtime sees it: this machine, or the SSH device's runner ``info``."""
+        if self.reach == "ssh" and self.host:
+            from .remote import device_fingerprint
+            return device_fingerprint(self.host)
+        return self.plugin.fingerprint()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "runtime": self.runtime,
                 "artifact": {"form": self.form, "precision": self.precision}, "threads": self.threads,
-                "batch_sizes": list(self.batch_sizes), "reach": self.reach, "options": dict(self.options)}
+                "batch_sizes": list(self.batch_sizes), "reach": self.reach, "options": dict(self.options),
+                **({"host": self.host} if self.host else {})}
 
 
 def shipped() -> dict[str, Target]:
@@ -68,17 +77,44 @@ def target_names() -> list[str]:
     return sorted(found) + sorted(a for t in found.values() for a in t.aliases)
 
 
+def bind_hosts(values: list[str] | tuple[str, ...]) -> None:
+    """``--host`` values: ``USER@HOST[:PORT]`` serves every SSH target, ``TARGET=USER@HOST[:PORT]`` one of
+    them (several such spread a report's targets over several devices)."""
+    from .remote import parse_host
+    _HOSTS.clear()
+    plain = [v for v in values if "=" not in v]
+    if len(plain) > 1:
+        raise TargetError(f"--host was given {len(plain)} times without a target; name the target of each "
+                          f"(--host rpi4-ort=pi@pi4.local --host rpi5-ort=pi@pi5.local).")
+    for value in values:
+        name, _, host = value.rpartition("=")
+        parse_host(host)   # refused here, before any connection
+        key = get_target(name).name if name else "*"
+        _HOSTS[key] = host
+
+
+_HOSTS: dict[str, str] = {}
+_FROM_FILES: dict[str, Target] = {}   # targets this process read from YAML files, by name
+
+
 def get_target(name_or_path: str | Target) -> Target:
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")):
-        return read_target(Path(text))
-    found = shipped()
+        target = read_target(Path(text))
+        _FROM_FILES[target.name] = target   # later stages pass the target on by name
+        return _with_host(target)
+    found = {**shipped(), **_FROM_FILES}
     for target in found.values():
         if text == target.name or text in target.aliases:
-            return target
+            return _with_host(target)
     raise TargetError(f"unknown target {text!r}: use one of {', '.join(target_names())}, or a targets/*.yaml file.")
+
+
+def _with_host(target: Target) -> Target:
+    host = _HOSTS.get(target.name, _HOSTS.get("*")) if target.reach == "ssh" else None
+    return replace(target, host=host) if host else target
 
 
 def read_target(path: Path) -> Target:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeq.gate.evidence import slowed_copy
-from edgeq.gate.interleaved import MAX_ROUNDS, MIN_ROUNDS
+from edgeq.gate.interleaved import MAX_ROUNDS, MIN_REGRESSION_ROUNDS, MIN_ROUNDS
 from edgeq.gate.stats import RoundInterval, decide, mann_whitney_slower, min_samples, round_interval, sequential
 
 
@@ -24,8 +24,8 @@ def _gate(*args) -> subprocess.CompletedProcess:
 def _decisions(shift: float, spread: float, trials: int = 2000) -> list[str]:
     """The gate's stopping rule on synthetic rounds whose log-ratios spread ``spread`` around ``shift``."""
     rng = np.random.default_rng(0)
-    return [sequential(lambda: float(np.exp(rng.normal(np.log(shift), spread))), 0.05, MIN_ROUNDS, MAX_ROUNDS)[1]
-            for _ in range(trials)]
+    return [sequential(lambda: float(np.exp(rng.normal(np.log(shift), spread))), 0.05, MIN_ROUNDS, MAX_ROUNDS,
+                       MIN_REGRESSION_ROUNDS)[1] for _ in range(trials)]
 
 
 def test_stopping_rule_finds_known_shifts_and_passes_identical_ones():
@@ -35,6 +35,9 @@ def test_stopping_rule_finds_known_shifts_and_passes_identical_ones():
         assert same.count("regression") / len(same) <= 0.01 and same.count("pass") / len(same) >= 0.95
         assert ten.count("regression") / len(ten) >= 0.95
         assert three.count("regression") / len(three) <= 0.01
+    # a regression is never called before MIN_REGRESSION_ROUNDS, however clear; a pass may stop at MIN_ROUNDS
+    ratios, decision = sequential(lambda: 1.5, 0.05, MIN_ROUNDS, MAX_ROUNDS, MIN_REGRESSION_ROUNDS)
+    assert decision == "regression" and len(ratios) == MIN_REGRESSION_ROUNDS
     one = round_interval([1.2])
     assert one.rounds == 1 and decide(one, 0.05) is None   # one round decides nothing
 

@@ -120,7 +120,7 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
         passes["float16"] = True
     meta = {"edgeq_version": __version__, "edgeq_precision": precision,
             "edgeq_model": bundle.manifest["model"]["spec"],
-            "edgeq_input_shapes": json.dumps([list(s.shape) for s in specs])}
+            "edgeq_input_shapes": json.dumps([list(s.shape) for s in specs]), **_runner_metadata(bundle)}
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     try:
@@ -128,6 +128,24 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
     except onnx.checker.ValidationError as exc:
         raise ArtifactError(f"the exported ONNX failed onnx.checker: {str(exc).splitlines()[0]}.") from None
     return model, passes
+
+
+def _runner_metadata(bundle: Bundle) -> dict[str, str]:
+    """What ``edgeq-runner predict`` needs on a device without edgeq: how a raw image becomes the input
+    (image models only: size, channels, mean/std per channel, as ``preprocess_uint8`` does it), and the
+    class names when edgeq knows them (the zoo)."""
+    from ..models.zoo import FASHION_CLASSES
+    from ..preprocess import per_channel
+    out = {}
+    spec = bundle.input_specs[0]
+    if spec.is_image and len(bundle.input_specs) == 1:
+        channels = spec.shape[1]
+        mean, std = per_channel(spec.mean, channels), per_channel(spec.std, channels)
+        out["edgeq_preprocess"] = json.dumps({"size": list(spec.shape[-2:]), "channels": channels,
+                                              "mean": mean, "std": std, "scale": "pixels / 255"})
+    if bundle.manifest["model"]["spec"].startswith("zoo:"):
+        out["edgeq_labels"] = json.dumps(list(FASHION_CLASSES))
+    return out
 
 
 def _conversion_error(exc: Exception) -> str:

@@ -198,7 +198,7 @@ class Timer:
         self.target, self.threads, self.batch = found.name, threads, batch
         self.path = cache_dir() / f"{found.name}.json"
         # v4: timings from the shuffled rotation (v3 ones came from a fixed order that favoured later models)
-        self.prefix = f"v4|{fingerprint_key(found.plugin.fingerprint())}|t{threads}|b{batch}"
+        self.prefix = f"v4|{fingerprint_key(found.fingerprint())}|t{threads}|b{batch}"
         self.entries = self._load()
         self.hits = self.measured = 0
         self.seconds = 0.0

@@ -14,12 +14,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..envinfo import machine
+from ..target import get_target
 from .inputs import Entry, GateError, check_artifacts_timeable, check_comparable, load_side, pair_entries
 from .interleaved import MAX_ROUNDS, MIN_ROUNDS, time_pair
 from .stats import INTERVAL_COVERAGE, mann_whitney_slower, min_samples
@@ -91,6 +93,8 @@ class GateResult:
 
 def run_gate(baseline: str | Path, current: str | Path, options: GateOptions) -> GateResult:
     options.validate()
+    if options.target:   # a target given as a YAML file is known by its name from here on
+        options = dataclasses.replace(options, target=get_target(options.target).name)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="edgeq-gate-"))
     try:

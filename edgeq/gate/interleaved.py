@@ -25,6 +25,7 @@ BLOCKS = 4          # block pairs per round
 WARMUP = 5          # untimed runs per fresh session
 SETTLE_S = 0.002    # between blocks: the other session's worker threads stop spinning
 MIN_ROUNDS = 5      # a Student-t interval from fewer rounds rests on too few spreads
+MIN_REGRESSION_ROUNDS = 10   # a failing verdict is confirmed on more rounds (stats.sequential says why)
 MAX_ROUNDS = 60
 
 
@@ -53,7 +54,7 @@ def time_pair(baseline: Path, current: Path, target: str, max_slowdown: float, t
             samples[side] += t
         return float(np.median(times["current"]) / np.median(times["baseline"]))
 
-    ratios, decision = sequential(one_ratio, max_slowdown, min_rounds, max_rounds)
+    ratios, decision = sequential(one_ratio, max_slowdown, min_rounds, max_rounds, MIN_REGRESSION_ROUNDS)
     return Timing(round_interval(ratios), decision, ratios, len(samples["baseline"]),
                   round(time.perf_counter() - started, 2), samples["baseline"], samples["current"])
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgeqError
 from ..runtimes.base import RuntimeUnavailable
 from ..target import DEFAULT_TARGET, get_target
 
 BLOCK = 5
 SETTLE_S = 0.02   # lets the previous model's worker threads stop spinning
+DEVICE_TIMEOUT_S = 1800   # one rotation on an SSH device (a Pi 4 is 10-50x slower than this host)
 
 
 def open_session(path, target: str, batch: int, threads: int | None):
@@ -38,15 +40,16 @@ def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | N
     it were its own (an artifact timed against an identical copy measured 1.25x "faster" with a fixed order on
     a loaded machine). ``settle``: seconds of pause before each block.
     """
-    probes = {}
-    for key, value in paths.items():
-        path, tgt = value if isinstance(value, tuple) else (value, target)
-        probes[key] = open_session(path, tgt, batch, threads)
+    entries = {key: value if isinstance(value, tuple) else (value, target) for key, value in paths.items()}
+    order = order if order is not None else np.random.default_rng(0)
+    on_device = {get_target(t).name for _, t in entries.values() if get_target(t).reach == "ssh"}
+    if on_device:
+        return _interleave_on_device(entries, on_device, runs, warmup, batch, threads, block, order, settle)
+    probes = {key: open_session(path, tgt, batch, threads) for key, (path, tgt) in entries.items()}
     sessions = [session for _, session in probes.values()]
     for probe in sessions:
         for _ in range(warmup):
             probe.step(record=False)
-    order = order if order is not None else np.random.default_rng(0)
     for _ in range(math.ceil(runs / block)):
         for i in order.permutation(len(sessions)):
             probe = sessions[i]
@@ -55,6 +58,29 @@ def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | N
             for _ in range(block):
                 probe.step()
     return probes
+
+
+@dataclass
+class DeviceTimes:
+    """A model's per-run times from the SSH device's runner (what ``interleave`` callers read of a session)."""
+    times: list[float]
+    threads: int | None
+
+
+def _interleave_on_device(entries: dict, on_device: set[str], runs: int, warmup: int, batch: int,
+                          threads: int | None, block: int, order: np.random.Generator, settle: float) -> dict:
+    """The same rotation, run by the runner on the device (one SSH session for all models)."""
+    from ..remote import compare, parse_host
+    found = get_target(next(iter(on_device)))
+    if len(on_device) > 1 or any(get_target(t).name != found.name for _, t in entries.values()):
+        raise EdgeqError(f"models on {found.name} (over SSH) are timed in their own rotation, not with other targets.")
+    reason = found.unavailable()
+    if reason:
+        raise RuntimeUnavailable(f"cannot run on {found.name}: {reason}.")
+    threads = threads if threads is not None else found.threads
+    result = compare(parse_host(found.host), [path for path, _ in entries.values()], threads, runs, warmup, block,
+                     batch, settle, int(order.integers(2**31)), timeout_s=DEVICE_TIMEOUT_S)
+    return {key: (found.name, DeviceTimes(m["samples_ms"], threads)) for key, m in zip(entries, result["models"])}
 
 
 @dataclass(frozen=True)

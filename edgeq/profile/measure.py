@@ -7,18 +7,16 @@ A target that cannot be measured from here gives ``measured: false`` and the rea
 """
 from __future__ import annotations
 
-import os
-import resource
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ArtifactError
+from ..runner import MEASUREMENT_SCHEMA, latency_stats, peak_rss_mb, rss_mb
 from ..runtimes.base import onnx_file
 from ..target import Target, get_target
 
-SCHEMA = "edgeq.measurement/1"
+SCHEMA = MEASUREMENT_SCHEMA
+REMOTE_TIMEOUT_S = 1800   # one Measurement on an SSH device: a Pi 4 runs a 224² hybrid at ~1 s per inference
 
 
 def artifact_form(path: Path) -> str:
@@ -52,41 +50,33 @@ def measure(artifact: str | Path, target: str | Target, runs: int, warmup: int, 
     if reason:
         return {**result, "measured": False, "not_measured": reason}
     threads = threads if threads is not None else found.threads
+    if found.reach == "ssh":
+        return {**result, **_on_device(found, path, runs, warmup, batches or list(found.batch_sizes), threads)}
     result.update(measured=True, threads=threads, runs=runs, warmup=warmup,
-                  fingerprint=found.plugin.fingerprint(),
+                  fingerprint=found.fingerprint(),
                   batches=[_one_batch(found, path, batch, runs, warmup, threads)
                            for batch in (batches or list(found.batch_sizes))])
     return result
 
 
+def _on_device(target: Target, path: Path, runs: int, warmup: int, batches: list[int], threads: int | None) -> dict:
+    """The runner's Measurement from the SSH device (its fingerprint, device state and host label kept)."""
+    from ..remote import bench, parse_host
+    remote = bench(parse_host(target.host), path, threads, runs, warmup, batches, timeout_s=REMOTE_TIMEOUT_S)
+    keep = ("measured", "threads", "runs", "warmup", "fingerprint", "batches", "device_state", "host")
+    return {key: remote[key] for key in keep}
+
+
 def _one_batch(target: Target, path: Path, batch: int, runs: int, warmup: int, threads: int | None) -> dict:
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     start = time.perf_counter()
     session = target.plugin.open(path, batch, threads, target.options)
     load_seconds = time.perf_counter() - start
     session.time(warmup)
     stats = latency_stats(session.time(runs), batch)
-    return {**stats, "load_seconds": round(load_seconds, 3), "rss_growth_mb": round(_rss_mb() - rss_before, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    return {**stats, "load_seconds": round(load_seconds, 3), "rss_growth_mb": round(rss_mb() - rss_before, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "samples_ms": stats.pop("samples_ms")}
-
-
-def latency_stats(samples_ms: list[float], batch: int) -> dict:
-    """Percentiles, mean, spread and throughput of timed runs, with the raw samples (for a later gate)."""
-    t = np.array(samples_ms)
-    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
-    return {"batch": batch, "runs": len(t), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4),
-            "p99_ms": round(p99, 4), "mean_ms": round(float(t.mean()), 4), "std_ms": round(float(t.std()), 4),
-            "throughput_per_s": round(batch * 1000.0 / float(t.mean()), 2),
-            "samples_ms": [round(float(v), 4) for v in t]}
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
 
 
 def _size(path: Path) -> int:

@@ -77,7 +77,8 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
 
 
 def runnable_targets(targets: list[Target]) -> list[Target]:
-    """The targets this machine can run (ONNX artifacts on a local runtime that is installed)."""
+    """The targets edgeq can measure from here (ONNX artifacts on an installed local runtime, or on an SSH
+    device given with --host)."""
     return [t for t in targets if t.form == "onnx" and not t.unavailable()]
 
 
@@ -200,12 +201,20 @@ def _accuracy(variants: list[Variant], runnable: list[Target], data: str, eval_l
             outputs = open_session(v.built[t.name].path, t.name, None, None)[1].run(test.samples)
             score = metric.score(outputs, test.labels, reference)
             fid = compare_outputs(reference, outputs)
-            scores[(v.name, t.name)] = {"score": round(metric.display(score), 4),
+            scores[(v.name, t.name)] = {"score": round(metric.display(score), 4), **_evaluated_where(t),
                                         "fp32_score": round(metric.display(fp32_score), 4),
                                         "drop": round(metric.drop(fp32_score, score), 4),
                                         "cosine_vs_fp32": fid["cosine"], "sqnr_db_vs_fp32": fid["sqnr_db"],
                                         "top1_agreement_vs_fp32": fid.get("top1_agreement")}
     return scores
+
+
+def _evaluated_where(t: Target) -> dict:
+    """An SSH device only times the artifacts; their scores come from the same runtime on this host."""
+    if t.reach != "ssh":
+        return {}
+    return {"evaluated_on": f"this host with {t.runtime} (the device {t.host} timed the artifacts; the same "
+                            f"runtime on another CPU may differ in the last bits)"}
 
 
 def time_variants(variants: list[Variant], runnable: list[Target], runs: int, batch: int | None = None) -> dict:
@@ -215,10 +224,12 @@ def time_variants(variants: list[Variant], runnable: list[Target], runs: int, ba
     from ..profile.measure import latency_stats
     result = {}
     batch_of = {t.name: batch or t.batch_sizes[0] for t in runnable}
-    for size in sorted(set(batch_of.values())):
-        paths = {(v.name, t.name): (v.built[t.name].path, t.name) for t in runnable if batch_of[t.name] == size
-                 for v in variants if t.name in v.built}
-        probes = interleave(paths, runs, warmup=10, batch=size, threads=None, target=runnable[0].name, block=BLOCK)
+    # local targets share one rotation; an SSH device times its own (on the device, by the runner)
+    rotations = {(t.name if t.reach == "ssh" else "", batch_of[t.name]) for t in runnable}
+    for device, size in sorted(rotations):
+        group = [t for t in runnable if batch_of[t.name] == size and (t.name if t.reach == "ssh" else "") == device]
+        paths = {(v.name, t.name): (v.built[t.name].path, t.name) for t in group for v in variants if t.name in v.built}
+        probes = interleave(paths, runs, warmup=10, batch=size, threads=None, target=group[0].name, block=BLOCK)
         for key, (_, session) in probes.items():
             result[key] = {**latency_stats(session.times, size), "threads": session.threads}
     return result
@@ -293,7 +304,7 @@ def _target_entry(t: Target) -> dict:
     reason = _why_not(t) if (t.form != "onnx" or t.unavailable()) else None
     entry = {**t.to_dict(), "form": t.form, "measured": reason is None, "not_measured": reason}
     if reason is None:
-        entry["fingerprint"] = t.plugin.fingerprint()
+        entry["fingerprint"] = t.fingerprint()
     return entry
 
 

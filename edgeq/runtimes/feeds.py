@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import runner
 from ..errors import ArtifactError
 
 
 def random_input(path, shape: list, batch: int, seed: int, example: list | None = None,
                  integer: bool = False) -> np.ndarray:
-    """A fixed random input of the model's shape at ``batch`` (refused when the batch axis is fixed).
-
-    Symbolic axes other than the batch take their size from ``example`` (the shape edgeq exported with);
-    integer inputs (token ids) are zeros, a valid id for any vocabulary."""
-    if isinstance(shape[0], int) and shape[0] != batch:
-        raise ArtifactError(f"{path} has a fixed batch of {shape[0]}; it cannot be profiled at batch {batch}.")
-    dims = [batch if i == 0 else (d if isinstance(d, int) else (example[i] if example else 1))
-            for i, d in enumerate(shape)]
-    if integer:
-        return np.zeros(dims, dtype=np.int64)
-    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+    """The runner's fixed random input (the same on the host and on a device), refusals as ArtifactError."""
+    try:
+        return runner.random_input(shape, batch, seed, example, integer)
+    except runner.RunnerError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
 
 
 def example_shapes(path) -> list | None:
