@@ -184,8 +184,14 @@ def info() -> dict:
 def _onnxruntime():
     try:
         import onnxruntime
-    except ImportError:
-        raise RunnerError(f"onnxruntime is not installed for {sys.executable}; {ORT_HINT}.") from None
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "onnxruntime":
+            raise RunnerError(f"onnxruntime is not installed for {sys.executable}; {ORT_HINT}.") from None
+        raise RunnerError(f"onnxruntime is installed for {sys.executable} but does not import ({exc}); a wheel "
+                          f"built for another numpy? {ORT_HINT} --upgrade.") from None
+    except Exception as exc:  # noqa: BLE001 - a broken binary wheel fails in many ways
+        raise RunnerError(f"onnxruntime is installed for {sys.executable} but does not import "
+                          f"({type(exc).__name__}: {exc}); {ORT_HINT} --upgrade.") from None
     return onnxruntime
 
 

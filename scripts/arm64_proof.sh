@@ -6,11 +6,12 @@
 # info, bench, compare and predict on a zoo artifact must succeed; their JSON goes to reports/arm64-emulated/.
 # Timings under emulation say nothing about a Pi's speed: every file here is labelled emulated.
 #
-#   bash scripts/arm64_proof.sh [ROOT]      (default ROOT /var/tmp/edgeq-arm64-root; needs root for apt-get)
+#   bash scripts/arm64_proof.sh [ROOT]      (default ROOT /var/tmp/edgeq-arm64-root; needs root for apt-get and
+#                                            debootstrap; EDGEQ_ARM64_OUT=DIR writes elsewhere; ~3 min here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-/var/tmp/edgeq-arm64-root}
-OUT=reports/arm64-emulated
+OUT=${EDGEQ_ARM64_OUT:-reports/arm64-emulated}
 WORK=$(mktemp -d /tmp/edgeq-arm64.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -29,13 +30,28 @@ if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
   # the first stage unpacks only the base set; unpack the rest (python3 and its libraries) the same way
   for deb in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOT"; done
 fi
+# qemu-user 7.2 passes the x86 host's /proc/cpuinfo through, and onnxruntime's CPU detection (cpuinfo) crashes
+# parsing it on arm64 (a segfault while loading the library); with -L, qemu reads $ROOT/proc/cpuinfo instead,
+# so put there what a Raspberry Pi 4 reports (4x Cortex-A72, part 0xd08, no dot-product), marked as a stand-in
+mkdir -p "$ROOT/proc"
+{
+  for i in 0 1 2 3; do
+    printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+  done
+  printf 'Model\t\t: emulated arm64, Cortex-A72 stand-in (qemu-user; not a Raspberry Pi)\n'
+} >"$ROOT/proc/cpuinfo"
 SITE="$ROOT/opt/edgeq-runner-site"
 if [ ! -d "$SITE/onnxruntime" ]; then
   echo "arm64 root: pip install the aarch64 wheels of numpy, onnxruntime, pillow into $SITE" >&2
-  python -m pip install -q --target "$SITE" --platform manylinux2014_aarch64 --python-version 3.11 \
+  rm -rf "$SITE"
+  # Debian bookworm has glibc 2.36: every manylinux tag up to it fits (recent onnxruntime wheels are 2_27/2_28)
+  platforms=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
+             --platform manylinux2014_aarch64)
+  python -m pip install -q --target "$SITE" "${platforms[@]}" --python-version 3.11 \
     --implementation cp --only-binary=:all: "numpy>=1.26,<2.4" pillow
-  python -m pip install -q --target "$SITE" --platform manylinux2014_aarch64 --python-version 3.11 \
-    --implementation cp --only-binary=:all: --no-deps onnxruntime
+  python -m pip install -q --target "$SITE" "${platforms[@]}" --python-version 3.11 \
+    --implementation cp --only-binary=:all: --no-deps "onnxruntime>=1.22"
 fi
 
 # a zoo artifact and an input, made on this (x86) machine as a user would before copying them to a Pi
@@ -68,10 +84,11 @@ arm64 --json predict int8.onnx --input shoe.png --top 3 >"$WORK/predict-png.json
 arm64 --json predict int8.onnx --input shoe.npy --top 3 >"$WORK/predict-npy.json"
 x86=$(cd "$WORK" && python edgeq_runner.py --json predict int8.onnx --input shoe.png --top 3)
 python - "$WORK" "$OUT" "$(( $(date +%s) - started ))" "$x86" <<'EOF'
-import json, platform, sys
+import json, sys
 from pathlib import Path
+from edgeq.runner import cpu_model
 work, out, seconds, x86 = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
-label = (f"EMULATED: arm64 (aarch64) Debian root run by qemu-user on an x86 host ({platform.processor() or 'x86_64'});"
+label = (f"EMULATED: arm64 (aarch64) Debian root run by qemu-user on an x86 host ({cpu_model()});"
          f" not a Raspberry Pi; timings measure the emulator, not a device")
 docs = {name: json.loads((work / f"{name}.json").read_text())
         for name in ("info", "bench", "compare", "predict-png", "predict-npy")}
