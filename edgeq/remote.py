@@ -25,6 +25,7 @@ REMOTE_DIR = re.compile(r"^/tmp/edgeq-runner\.[A-Za-z0-9]+$")
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
                    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
 CONNECT_TIMEOUT_S = 10
+RUN_TIMEOUT_S = 1800   # one runner command (EDGEQ_REMOTE_TIMEOUT overrides): a Pi 4 is 10-50x slower than a PC
 SLACK_S = 60   # beyond the runner's own timeout, for the connection and the upload
 
 
@@ -102,10 +103,15 @@ class Remote:
         if not REMOTE_DIR.match(out):
             raise RemoteError(f"{self.host.label} did not create a private temporary directory (mktemp said {out!r}).")
         self.dir = out
-        self._put(RUNNER_FILE, "edgeq_runner.py")
+        try:
+            self._put(RUNNER_FILE, "edgeq_runner.py")
+        except BaseException:
+            self.__exit__()   # ``with`` does not clean up after a failed __enter__
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
+        """Remove the remote directory, whatever happened (a device that went away keeps it)."""
         if self.dir and REMOTE_DIR.match(self.dir):
             try:
                 self._ssh(f"rm -rf -- {shlex.quote(self.dir)}", timeout=CONNECT_TIMEOUT_S + 20)
@@ -116,6 +122,9 @@ class Remote:
     def upload(self, path: Path) -> str:
         """The artifact's name in the remote directory: m0.onnx, m1.onnx, … in upload order (never the local
         name, so nothing the user named reaches a remote shell)."""
+        size_mb = Path(path).stat().st_size / 2**20
+        if size_mb > runner.MAX_MODEL_MB:   # refused here rather than after the upload
+            raise RemoteError(f"{path} is {size_mb:.0f} MB, over the runner's limit of {runner.MAX_MODEL_MB} MB.")
         name = f"m{self.uploads}.onnx"
         self.uploads += 1
         self._put(Path(path), name)
@@ -148,15 +157,12 @@ class Remote:
         if done.returncode == 255:
             raise RemoteError(ssh_error(self.host, stderr) + ".")
         if done.returncode != 0:
-            raise RemoteError(self._runner_failure(done.returncode, stderr) if runner_call else
-                              f"on {self.host.label}: {stderr.strip().splitlines()[-1] if stderr.strip() else 'a command failed'}.")
+            last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {done.returncode}"
+            if runner_call and done.returncode == 127:
+                raise RemoteError(f"{self.python} is not installed on {self.host.label} (the runner needs Python "
+                                  f"3.10+ with numpy and onnxruntime).")
+            raise RemoteError(f"on {self.host.label}: {last.removeprefix('edgeq-runner: ')}")
         return done.stdout.decode(errors="replace")
-
-    def _runner_failure(self, code: int, stderr: str) -> str:
-        text = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
-        if code == 127 or "not found" in text and self.python in text:
-            return f"{self.python} is not installed on {self.host.label} (the runner needs Python 3.10+ with numpy and onnxruntime)."
-        return f"on {self.host.label}: {text.removeprefix('edgeq-runner: ')}"
 
 
 def check(host: Host) -> dict:
@@ -180,25 +186,32 @@ def device_fingerprint(host_text: str) -> dict:
     return _FINGERPRINTS[host_text]
 
 
-def bench(host: Host, artifact: Path, threads: int | None, runs: int, warmup: int, batches: list[int],
-          timeout_s: float) -> dict:
+def run_timeout() -> float:
+    value = os.environ.get("EDGEQ_REMOTE_TIMEOUT")
+    try:
+        return float(value) if value else RUN_TIMEOUT_S
+    except ValueError:
+        raise RemoteError(f"EDGEQ_REMOTE_TIMEOUT={value!r} is not a number of seconds.") from None
+
+
+def bench(host: Host, artifact: Path, threads: int | None, runs: int, warmup: int, batches: list[int]) -> dict:
     """A Measurement taken on the device, labelled with the host it ran on."""
     with Remote(host) as r:
         name = r.upload(artifact)
         args = ["bench", name, "--runs", str(runs), "--warmup", str(warmup)]
         args += (["--threads", str(threads)] if threads else []) + [a for b in batches for a in ("--batch", str(b))]
-        result = r.run(args, timeout_s)
+        result = r.run(args, run_timeout())
     return {**result, "artifact": str(artifact), "host": host.label}
 
 
 def compare(host: Host, artifacts: list[Path], threads: int | None, runs: int, warmup: int, block: int,
-            batch: int, settle_s: float, seed: int, timeout_s: float) -> dict:
+            batch: int, settle_s: float, seed: int) -> dict:
     """The runner's alternating blocks on the device: per artifact (in the order given) its raw times."""
     with Remote(host) as r:
         names = [r.upload(a) for a in artifacts]
         args = ["compare", *names, "--runs", str(runs), "--warmup", str(warmup), "--block", str(block),
                 "--batch", str(batch), "--settle-ms", f"{settle_s * 1000:g}", "--seed", str(seed)]
-        result = r.run(args + (["--threads", str(threads)] if threads else []), timeout_s)
+        result = r.run(args + (["--threads", str(threads)] if threads else []), run_timeout())
     by_name = {m["artifact"]: m for m in result["models"]}
     result["models"] = [{**by_name[n], "artifact": str(a)} for n, a in zip(names, artifacts)]
     return {**result, "host": host.label}

@@ -418,7 +418,8 @@ def prepare_image(pixels: np.ndarray, shape: list, prep: dict | None) -> np.ndar
 
 def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
     from PIL import Image   # PIL's BILINEAR resize antialiases when shrinking, as torch's antialias=True
-    planes = [np.asarray(Image.fromarray(x[..., c], mode="F").resize((w, h), Image.BILINEAR)) for c in range(x.shape[-1])]
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c])).resize((w, h), Image.BILINEAR))
+              for c in range(x.shape[-1])]   # float32 planes: PIL mode "F"
     return np.stack(planes, axis=-1)
 
 

@@ -162,15 +162,17 @@ def test_refusals_are_one_sentence_and_leave_nothing(sshd, tiny_onnx, tmp_path):
                            "onnxruntime is not installed"),
         "no numpy": ({"EDGEQ_REMOTE_PYTHON": "/usr/bin/python3"}, sshd["host"], "numpy is not installed"),
         "bad host": ({}, "-oProxyCommand=touch /tmp/pwned", "is not USER@HOST"),
+        "timeout": ({"EDGEQ_REMOTE_TIMEOUT": "2"}, sshd["host"], "exceeded its timeout"),
     }
     for name, (env, host, expected) in cases.items():
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            done = _edgeq("profile", model, "--target", sshd["target"], "--host", host, "--runs", "3")
+            runs = "1000000" if name == "timeout" else "3"
+            done = _edgeq("profile", model, "--target", sshd["target"], "--host", host, "--runs", runs)
         finally:
             for k, v in saved.items():
-                os.environ[k] = v
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         if name == "no numpy" and "No module named" not in subprocess.run(
                 ["/usr/bin/python3", "-c", "import numpy"], capture_output=True, text=True).stderr:
             continue   # this machine's system python has numpy: nothing to test

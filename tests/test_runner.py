@@ -1,6 +1,7 @@
 """edgeq-runner, the device side: torch-free, standalone as one copied file, the same Measurement schema as
 ``edgeq profile``, and one sentence (exit 2) for every bad input."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,22 @@ def test_bad_input_is_one_sentence(tmp_path, tiny_onnx, case):
                 "bad input": "not a readable image", "bad runs": "must be positive"}[case]
     assert done.returncode == 2 and expected in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_runner_alone_builds_as_its_own_wheel(tmp_path):
+    """runner/ packages edgeq/runner.py alone (a link, one copy) for `pip install ./runner` on a device."""
+    import zipfile
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path), str(root / "runner")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    wheel = next(tmp_path.glob("edgeq_runner-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert z.read("edgeq_runner.py") == Path(runner.__file__).read_bytes()
+        metadata = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert not any(n.startswith("edgeq/") for n in names) and "edgeq-runner = edgeq_runner:main" in entry
+    requires = {re.split(r"[ <>=;\[]", line.split(":", 1)[1].strip())[0].lower()
+                for line in metadata.splitlines() if line.startswith("Requires-Dist")}
+    assert requires == {"numpy", "onnxruntime", "pillow"}   # pillow: the optional [images] extra

@@ -160,8 +160,8 @@ def _latency(b: Entry, c: Entry, mode: str, o: GateOptions) -> dict:
     if mode == "interleaved":
         t = time_pair(b.artifact, c.artifact, b.target, o.max_slowdown, o.threads, max_rounds=o.max_rounds)
         i = t.interval
-        stat = (f"time ratio {i.ratio:.3f}, {INTERVAL_COVERAGE:.0%} interval [{i.low:.3f}, {i.high:.3f}] over {i.rounds} interleaved "
-                f"rounds ({t.runs_per_side} runs each side, {t.seconds:.1f} s)")
+        stat = (f"time ratio {i.ratio:.3f}, {INTERVAL_COVERAGE:.0%} interval [{i.low:.3f}, {i.high:.3f}] over "
+                f"{i.rounds} interleaved rounds ({t.runs_per_side} runs each side, {t.seconds:.1f} s)")
         verdict = "regression" if t.decision == "regression" else "pass"
         if t.decision == "undecided":
             stat += f"; undecided after {i.rounds} rounds: not shown to exceed the threshold"

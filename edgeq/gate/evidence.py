@@ -165,7 +165,8 @@ def _summarise(condition: str, kind: str, units: int, ratio: float | None, rows:
     return {"condition": condition, "kind": kind, "extra_units": units, "measured_ratio": ratio,
             "regression_rate": sum(r["decision"] == "regression" for r in rows) / len(rows),
             "undecided_rate": sum(r["decision"] == "undecided" for r in rows) / len(rows),
-            "seconds_median": round(float(np.median(seconds)), 2), "seconds_p90": round(float(np.percentile(seconds, 90)), 2),
+            "seconds_median": round(float(np.median(seconds)), 2),
+            "seconds_p90": round(float(np.percentile(seconds, 90)), 2),
             "rounds_median": float(np.median([r["rounds"] for r in rows])),
             "ratio_median_over_decisions": round(float(np.median([r["ratio"] for r in rows])), 4), "decisions": rows}
 

@@ -17,7 +17,6 @@ from ..target import DEFAULT_TARGET, get_target
 
 BLOCK = 5
 SETTLE_S = 0.02   # lets the previous model's worker threads stop spinning
-DEVICE_TIMEOUT_S = 1800   # one rotation on an SSH device (a Pi 4 is 10-50x slower than this host)
 
 
 def open_session(path, target: str, batch: int, threads: int | None):
@@ -79,7 +78,7 @@ def _interleave_on_device(entries: dict, on_device: set[str], runs: int, warmup:
         raise RuntimeUnavailable(f"cannot run on {found.name}: {reason}.")
     threads = threads if threads is not None else found.threads
     result = compare(parse_host(found.host), [path for path, _ in entries.values()], threads, runs, warmup, block,
-                     batch, settle, int(order.integers(2**31)), timeout_s=DEVICE_TIMEOUT_S)
+                     batch, settle, int(order.integers(2**31)))
     return {key: (found.name, DeviceTimes(m["samples_ms"], threads)) for key, m in zip(entries, result["models"])}
 
 

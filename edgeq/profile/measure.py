@@ -16,7 +16,6 @@ from ..runtimes.base import onnx_file
 from ..target import Target, get_target
 
 SCHEMA = MEASUREMENT_SCHEMA
-REMOTE_TIMEOUT_S = 1800   # one Measurement on an SSH device: a Pi 4 runs a 224² hybrid at ~1 s per inference
 
 
 def artifact_form(path: Path) -> str:
@@ -62,7 +61,7 @@ def measure(artifact: str | Path, target: str | Target, runs: int, warmup: int, 
 def _on_device(target: Target, path: Path, runs: int, warmup: int, batches: list[int], threads: int | None) -> dict:
     """The runner's Measurement from the SSH device (its fingerprint, device state and host label kept)."""
     from ..remote import bench, parse_host
-    remote = bench(parse_host(target.host), path, threads, runs, warmup, batches, timeout_s=REMOTE_TIMEOUT_S)
+    remote = bench(parse_host(target.host), path, threads, runs, warmup, batches)
     keep = ("measured", "threads", "runs", "warmup", "fingerprint", "batches", "device_state", "host")
     return {key: remote[key] for key in keep}
 

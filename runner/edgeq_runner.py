@@ -1,0 +1,1 @@
+../edgeq/runner.py
