@@ -148,9 +148,10 @@ def test_bad_input_is_one_sentence(tmp_path, tiny_onnx, case):
 def test_the_runner_alone_builds_as_its_own_wheel(tmp_path):
     """runner/ packages edgeq/runner.py alone (a link, one copy) for `pip install ./runner` on a device."""
     import zipfile
-    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "runner"   # a copy (the link resolved), so the build leaves nothing in the checkout
+    shutil.copytree(Path(__file__).resolve().parents[1] / "runner", source)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path), str(root / "runner")], capture_output=True, text=True, timeout=600)
+                           str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     wheel = next(tmp_path.glob("edgeq_runner-*.whl"))
     with zipfile.ZipFile(wheel) as z:
