@@ -206,17 +206,19 @@ def checked_model(path: str, max_mb: float = MAX_MODEL_MB) -> Path:
     return model
 
 
-def open_session(path: Path, threads: int | None):
+def open_session(path: Path, threads: int | None, quiet: bool = False):
+    """An ONNX Runtime CPU session (the host's ``runtimes.ort.session`` is this one); ``quiet``: no ORT error
+    log either, for probes whose failure the caller explains itself."""
     ort = _onnxruntime()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise RunnerError(f"onnxruntime cannot load {path.name}: {str(exc).splitlines()[0][:200]}.") from None
+        raise RunnerError(f"onnxruntime cannot load {Path(path).name}: {str(exc).splitlines()[0][:200]}.") from None
 
 
 def metadata(sess) -> dict:
@@ -316,21 +318,28 @@ def compare(models: list[str], threads: int | None, runs: int, warmup: int, bloc
     paths = [checked_model(m, max_mb) for m in models]
     before = device_state()
     timed = [Timed(p, threads, batch) for p in paths]
-    for t in timed:
-        for _ in range(warmup):
-            t.step(record=False)
-    order = np.random.default_rng(seed)
-    for _ in range(math.ceil(runs / block)):
-        for i in order.permutation(len(timed)):
-            time.sleep(settle_s)
-            timed[i].step(record=False)
-            for _ in range(block):
-                timed[i].step()
+    rotate(timed, runs, warmup, block, np.random.default_rng(seed), settle_s)
     return {"schema": "edgeq.runner-compare/1", "block": block, "batch": batch, "threads": threads,
             "models": [{"artifact": t.path.name, "load_seconds": round(t.load_seconds, 3),
                         "samples_ms": [round(v, 4) for v in t.times]} for t in timed],
             "fingerprint": {"runtime": "ort", **machine(), **ort_versions()},
             "device_state": state_change(before, device_state()), "runner_version": RUNNER_VERSION}
+
+
+def rotate(models: list, runs: int, warmup: int, block: int, order: np.random.Generator, settle_s: float) -> None:
+    """Warm each model up, then time ``runs`` runs of each in blocks of ``block``, the models' order shuffled
+    each round (the host's ``profile.latency.interleave`` times its sessions with this too). A model always
+    timed first, right after another's threads, or always last, would carry that position's cost as its own.
+    ``models``: anything with ``step(record=True)``; a pause of ``settle_s`` and one untimed run open each block."""
+    for m in models:
+        for _ in range(warmup):
+            m.step(record=False)
+    for _ in range(math.ceil(runs / block)):
+        for i in order.permutation(len(models)):
+            time.sleep(settle_s)
+            models[i].step(record=False)
+            for _ in range(block):
+                models[i].step()
 
 
 def predict(model: str, input_path: str, top: int, max_mb: float) -> dict:

@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgeqError
+from ..runner import rotate
 from ..runtimes.base import RuntimeUnavailable
 from ..target import DEFAULT_TARGET, get_target
 
@@ -45,17 +44,7 @@ def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | N
     if on_device:
         return _interleave_on_device(entries, on_device, runs, warmup, batch, threads, block, order, settle)
     probes = {key: open_session(path, tgt, batch, threads) for key, (path, tgt) in entries.items()}
-    sessions = [session for _, session in probes.values()]
-    for probe in sessions:
-        for _ in range(warmup):
-            probe.step(record=False)
-    for _ in range(math.ceil(runs / block)):
-        for i in order.permutation(len(sessions)):
-            probe = sessions[i]
-            time.sleep(settle)
-            probe.step(record=False)
-            for _ in range(block):
-                probe.step()
+    rotate([session for _, session in probes.values()], runs, warmup, block, order, settle)
     return probes
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import runner
 from ..errors import ArtifactError
 from ..samples import Outputs, run_batches
 from .base import ArtifactForm, Runtime, Session, onnx_file
@@ -14,16 +15,10 @@ from .feeds import random_feeds
 
 def session(path: str | Path, threads: int | None = None, quiet: bool = False):
     """``quiet``: no ONNX Runtime error log either (for probes whose failure edgeq explains itself)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 4 if quiet else 3
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}.") from None
+        return runner.open_session(Path(path), threads, quiet)
+    except runner.RunnerError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
 
 
 def input_info(sess) -> tuple[str, list]:
