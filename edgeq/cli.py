@@ -430,8 +430,11 @@ def _names(text: str) -> list[str]:
 @click.option("--metric", help="Accuracy metric of the zoo suite: top1 (default), top5, or file.py:fn / module:fn.")
 @click.option("--decisions", default=100, show_default=True, type=int, help="Gate suite: decisions per case.")
 @click.option("--threads", type=int, help="Gate suite: runtime threads (default: the target's).")
+@click.option("--seeds", default=1, show_default=True, type=int,
+              help="Zoo suite: also quantize recipes without latency search with seeds 1..N-1 and report the "
+                   "drop's mean and spread over the N seeds.")
 @command
-def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, threads, as_json):
+def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, threads, seeds, as_json):
     """Benchmark fp32 / ort-minmax / edgeq recipes: accuracy, latency, PTQ time, size."""
     if suite == "gate":
         from .gate.evidence import bench_gate
@@ -445,7 +448,7 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, 
         return _emit(result, as_json, lambda r: click.echo(r["markdown"]))
     from .bench import run_bench
     result = run_bench(suite, models.split(",") if models else None, recipes.split(",") if recipes else None,
-                       runs, eval_limit, out_dir, _metric_choice(metric, None, 0))
+                       runs, eval_limit, out_dir, _metric_choice(metric, None, 0), seeds)
     _emit(result, as_json, lambda r: click.echo(r["markdown"]))
 
 

@@ -69,10 +69,17 @@ def test_demo_writes_report(tmp_path):
 @pytest.mark.slow
 def test_bench_one_zoo_model(tmp_path):
     result = edgeq("bench", "--suite", "zoo", "--models", "mobilevit_xxs", "--recipes", "w8a8-fast",
-                   "--eval-limit", "1000", "--runs", "20", "--out-dir", tmp_path)
+                   "--eval-limit", "1000", "--runs", "20", "--seeds", "2", "--out-dir", tmp_path)
     assert {(r["variant"], r["runtime"]) for r in result["rows"]} == {
         (v, rt) for v in ("fp32", "ort-minmax", "w8a8-fast") for rt in ("ort", "openvino")}
     assert all(r["eval_samples"] == 1000 and r["drop_pp"] is not None for r in result["rows"])
+    for row in result["rows"]:   # seed 0 is the row's own artifact; seed 1 a second quantization
+        seeded = row["variant"] == "w8a8-fast"
+        assert ("drop_seeds" in row) == seeded
+        if seeded:
+            assert len(row["drop_seeds"]) == 2 and row["drop_seeds"][0] == row["drop"]
+            assert row["drop_mean"] == round(sum(row["drop_seeds"]) / 2, 4)
+    assert " ± " in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.md").read_text().startswith("# edgeq bench")
     report = json.loads((tmp_path / "models" / "zoo-mobilevit_xxs" / "report.json").read_text())
     assert report["schema"] == "edgeq.report/1" and len(report["rows"]) == 6

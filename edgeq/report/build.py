@@ -87,7 +87,7 @@ def assess(model: dict, variants: list["Variant"], targets: list[Target], data: 
     """Measure built variants on ``targets`` and return the report: accuracy on ``data`` (None: latency
     only), latency at ``batch`` (default: each target's first batch size)."""
     runnable = runnable_targets(targets)
-    scores = _accuracy(variants, runnable, data, eval_limit, metric) if data else {}
+    scores = score_variants(variants, runnable, data, eval_limit, metric) if data else {}
     latency = time_variants(variants, runnable, runs, batch)
     return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model["spec"], "input_shape": model["input_shape"],
@@ -173,7 +173,7 @@ def _ort_minmax(spec: ReportSpec, work: Path) -> float:
 
 # --- measurements ---------------------------------------------------------------------------------------
 
-def _accuracy(variants: list[Variant], runnable: list[Target], data: str, eval_limit: int | None, metric) -> dict:
+def score_variants(variants: list[Variant], runnable: list[Target], data: str, eval_limit: int | None, metric) -> dict:
     """Scores of every artifact on every runnable target, against FP32 on the same target."""
     from ..data import load_data
     from ..export.onnx import read_artifact
