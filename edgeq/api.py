@@ -186,20 +186,19 @@ def _budget_metric(budget, eval_set):
     """The budget with its metric settled: top-1 for class labels unless --metric says otherwise."""
     import dataclasses
 
-    from .metrics import default_metric, get_metric
+    from .metrics import metric_for
     if budget is None or budget.max_drop is None:
         return budget
     metric = budget.metric
     labels = eval_set.labels if eval_set is not None else None
     if metric is None:
-        name = default_metric(labels)
-        if name is None:
+        metric = metric_for(eval_set)
+        if metric is None:
             raise CalibrationError(f"--max-drop needs a metric: the evaluation data "
                                    f"{eval_set.source if eval_set else ''} has "
                                    + ("no labels" if labels is None else "labels that are not class ids")
                                    + "; pass --metric (e.g. ctc-cer with --charset, or file.py:fn), or use "
                                      "--min-cosine.")
-        metric = get_metric(name)
     elif metric.needs_labels and not metric.needs_reference and labels is None:
         raise CalibrationError(f"--metric {metric.name} needs labels, and the evaluation data has none; "
                                f"add --labels FILE or use --min-cosine.")

@@ -1,7 +1,7 @@
 """The peer to beat: ONNX Runtime's own static quantizer, run the way its docs suggest.
 
 QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration on the same
-calibration inputs edgeq uses.
+calibration inputs edgeq uses (one sample at a time, each at its own length: no padding).
 """
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
+from .samples import as_samples
 
 
-def ort_minmax(fp32_path: str | Path, out: str | Path, calib: np.ndarray) -> float:
-    """Write ONNX Runtime's quantize_static result to ``out``; returns the seconds it took."""
+def ort_minmax(fp32_path: str | Path, out: str | Path, calib) -> float:
+    """Write ONNX Runtime's quantize_static result to ``out``; returns the seconds it took. ``calib``: a
+    ``Samples`` (first input) or an array."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     import onnxruntime as ort
@@ -22,7 +23,7 @@ def ort_minmax(fp32_path: str | Path, out: str | Path, calib: np.ndarray) -> flo
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{input_name: calib[i: i + 1]} for i in range(len(calib))])
+            self.items = iter([{input_name: arrays[0]} for _, arrays in as_samples(calib).groups(1)])
 
         def get_next(self):
             return next(self.items, None)

@@ -31,11 +31,14 @@ from .fsutil import write_text_atomic
 from .calibsets import shipped as shipped_set
 from .target import get_target
 
-ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s")
+ZOO_SUITE = ("mobilevit_xxs", "edgenext_xx_small", "levit_128s", "conformer_ctc_s")
 SPEED_SUITE = ("mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "fastvit_t8", "edgenext_xx_small")
-ROW_FIELDS = ("model", "variant", "runtime", "metric", "top1", "drop_pp", "drop_pp_seeds", "top1_torch", "latency_ms_p50",
-              "speedup_vs_fp32", "speedup_vs_runtime_fp32", "speedup_vs_fp32_b8", "float_units", "ptq_seconds",
-              "fallback_seconds")
+ROW_FIELDS = ("model", "variant", "runtime", "metric", "top1", "drop_pp", "drop_pp_seeds", "top1_torch",
+              "latency_ms_p50", "speedup_vs_fp32", "speedup_vs_runtime_fp32", "speedup_vs_fp32_b8", "float_units",
+              "ptq_seconds", "fallback_seconds")
+SPEECH_FIELDS = ("model", "variant", "runtime", "metric", "score", "drop", "drop_seeds_summary",
+                 "ctc_agreement_vs_fp32", "latency_ms_p50", "rtf", "speedup_vs_runtime_fp32", "float_units",
+                 "ptq_seconds")
 ZOO_RECIPES = ("w8a8-fast", "w8a8", "w6a6", "w4a8")
 SPEED_RECIPES = ("w8a8-fast", "w8a8")
 SPEED_CALIB = 32
@@ -44,15 +47,15 @@ SPEED_ITERS = 10
 
 def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, runs: int,
               eval_limit: int | None, out_dir: str | Path, metric=None, seeds: int = 1) -> dict:
-    """``metric``: an api.MetricChoice for the zoo suite's accuracy (default top1). ``seeds`` > 1: the zoo
+    """``metric``: an api.MetricChoice for the zoo suite's accuracy (default: each test set's own, top-1 for the
+    images, digit-string accuracy for speech). ``seeds`` > 1: the zoo
     suite's recipes without latency search are also quantized with seeds 1..seeds-1 and each row gets the
     drops of all seeds (one seed's drop moves by ~0.1 pp on a 10k test set; a goal is judged on the mean)."""
     if seeds < 1:
         raise EdgeqError(f"--seeds must be at least 1, not {seeds}.")
-    from .api import MetricChoice
     from .quant.recipe import load_recipe
-    metric = metric or MetricChoice("top1")
-    metric.load()   # a bad metric fails before hours of work
+    if metric is not None:
+        metric.load()   # a bad metric fails before hours of work
     per_suite = {"zoo": recipes or list(ZOO_RECIPES), "speed": recipes or list(SPEED_RECIPES)}
     loaded = {r: load_recipe(r) for rs in per_suite.values() for r in rs}  # fail fast on a bad name
     # None: no reconstruction; False/True: reconstruction without/with latency search
@@ -148,13 +151,14 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
             api.export(bundle, "onnx", work / "fp32.onnx", precision="fp32")
     spec_in = InputSpec.from_dict(read_artifact(work / "fp32.onnx")["input"])
     calib = load_data(ZOO_CALIB, spec_in, limit=calib_size or 256)
-    seconds = round(ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x), 2)
+    seconds = round(ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.samples), 2)
     targets = [get_target(t) for t in BENCH_TARGETS]
     variants = [Variant("fp32", "float", {t.name: Built(work / "fp32.onnx") for t in targets}),
                 Variant("ort-minmax", "baseline", {t.name: Built(work / "ort-minmax.onnx", seconds) for t in targets}),
                 *variants]
-    chosen = metric.load() if suite == "zoo" else None
-    report = assess({"spec": spec, "input_shape": list(spec_in.shape)}, variants, targets,
+    chosen = metric.load() if suite == "zoo" and metric is not None else None
+    report = assess({"spec": spec, "input_shape": list(spec_in.shape), "audio_seconds": spec_in.audio_seconds()},
+                    variants, targets,
                     ZOO_TEST if suite == "zoo" else None, eval_limit, chosen, runs, batch=1)
     batch8 = time_variants(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
     torch_scores = {}
@@ -231,6 +235,9 @@ def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dic
            "reconstruction_iterations": made.get("iterations")}
     ort_fp32 = next(r for r in report["rows"] if r["variant"] == "fp32" and r["target"] == TARGET_OF["ort"])
     lat = row["latency"]
+    if "rtf" in row:
+        out.update(rtf=row["rtf"], audio_seconds=report["audio_seconds"],
+                   ctc_agreement_vs_fp32=row.get("ctc_agreement_vs_fp32"))
     out.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"],
                speedup_vs_fp32=round(ort_fp32["latency"]["p50_ms"] / lat["p50_ms"], 3),
                speedup_vs_runtime_fp32=row["speedup_vs_target_fp32"],
@@ -322,14 +329,19 @@ def to_markdown(report: dict) -> str:
              f"generated {report['generated']}.", "", report["protocol"]["latency"] + ".",
              "Each row records the CPU and ISA flags it was measured on (`cpu`, `isa` in bench.json); rows without "
              "them come from earlier runs on an AVX2-only AMD EPYC (no VNNI).", ""]
-    for suite in ("zoo", "speed"):
-        rows = [r for r in report["rows"] if r.get("suite") == suite]
+    for section in ("zoo", "speed", "speech"):   # speech: the zoo suite's speech model, with its own columns
+        suite = "zoo" if section == "speech" else section
+        rows = [r for r in report["rows"] if r.get("suite") == suite and ("rtf" in r) == (section == "speech")]
         if not rows:
             continue
-        lines += [f"## {suite} suite", "", "| " + " | ".join(ROW_FIELDS) + " |",
-                  "|" + "---|" * len(ROW_FIELDS)]
+        fields, title = ROW_FIELDS, f"{suite} suite"
+        if section == "speech":
+            fields = SPEECH_FIELDS
+            title = (f"zoo suite, speech (latency of one {rows[0]['audio_seconds']:.2f} s clip; "
+                     "rtf = p50 / clip seconds)")
+        lines += [f"## {title}", "", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
         for r in rows:
-            lines.append("| " + " | ".join(_field_cell(r, f) for f in ROW_FIELDS) + " |")
+            lines.append("| " + " | ".join(_field_cell(r, f) for f in fields) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -339,7 +351,7 @@ def _field_cell(row: dict, field: str) -> str:
     includes 1 is noise and is printed as such."""
     if field == "variant" and row.get("units") and row.get("float_units") == row["units"]:
         return f"{row['variant']} (all float)"
-    if field == "drop_pp_seeds":
+    if field in ("drop_pp_seeds", "drop_seeds_summary"):
         if not row.get("drop_seeds"):
             return "–"
         return f"{row['drop_mean']:.2f} ± {row['drop_sd']:.2f} ({len(row['drop_seeds'])} seeds)"

@@ -221,12 +221,12 @@ def float_layer_entry(entry: dict, reason: str, target: str) -> dict:
             **{k: entry[k] for k in LAYER_BASE}, "int8": int8}
 
 
-def require_plain_input(bundle: Bundle, what: str) -> None:
-    """Exporters that handle one fixed-shape input so far refuse the rest in one sentence."""
+def require_single_input(bundle: Bundle, what: str) -> None:
+    """Exporters that handle one input (fixed, or with one dynamic width/time axis) refuse the rest in one
+    sentence."""
     specs = bundle.input_specs
-    if len(specs) > 1 or specs[0].dynamic:
-        kind = f"{len(specs)} inputs" if len(specs) > 1 else f"a dynamic axis {specs[0].dynamic[0]}"
-        raise BundleError(f"{what} supports models with one fixed-shape input so far; {bundle.path} has {kind} "
+    if len(specs) > 1:
+        raise BundleError(f"{what} supports models with one input so far; {bundle.path} has {len(specs)} inputs "
                           f"(export it with --to onnx).")
 
 

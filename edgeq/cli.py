@@ -68,11 +68,11 @@ def model_options(fn):
 def metric_options(fn):
     """--metric and what the CTC metrics need; the choice becomes an api.MetricChoice."""
     for option in reversed([
-        click.option("--metric", help="top1, top5, cosine, sqnr, ctc-cer, ctc-wer, or a function "
-                                      "file.py:fn / module:fn taking (outputs, labels) -> float "
-                                      "(default: top1 for class labels)."),
-        click.option("--charset", type=click.Path(), help="ctc-cer/ctc-wer: one symbol per line, the blank excluded."),
-        click.option("--blank", default=0, show_default=True, type=int, help="ctc-cer/ctc-wer: the blank class index."),
+        click.option("--metric", help="top1, top5, cosine, sqnr, ctc-cer, ctc-wer, ctc-seq, ctc-agreement, or a "
+                                      "function file.py:fn / module:fn taking (outputs, labels) -> float "
+                                      "(default: top1 for class labels, the data set's own for the zoo)."),
+        click.option("--charset", type=click.Path(), help="ctc metrics: one symbol per line, the blank excluded."),
+        click.option("--blank", default=0, show_default=True, type=int, help="ctc metrics: the blank class index."),
         click.option("--labels", help="Labels stored apart from the inputs: file.npz:KEY, file.npy or lines.txt."),
     ]):
         fn = option(fn)
@@ -273,8 +273,12 @@ def _print_inspect(r: dict) -> None:
                   f"{r['total_macs'] / 1e6:.1f} M MACs, {r['batchnorm_folded']} BatchNorms folded")
     table = Table("block", "kind", "layers", "params", "MMACs")
     for b in r["blocks"]:
-        table.add_row(b["name"], b["kind"], str(len(b["layers"])), f"{b['params']:,}", f"{b['macs'] / 1e6:.2f}")
+        kind = b["kind"] + (" · bridge candidate" if b.get("bridge_candidate") and b["kind"] != "bridge" else "")
+        table.add_row(b["name"], kind, str(len(b["layers"])), f"{b['params']:,}", f"{b['macs'] / 1e6:.2f}")
     console.print(table)
+    if any(b.get("bridge_candidate") for b in r["blocks"]):
+        console.print("bridge candidate: a convolution next to a transformer unit (conv→attention transitions, "
+                      "where hybrids lose accuracy); shown for review, quantized by its kind")
     ops = Table("op", "count", "quantized", "how")
     for op, info in r["quantizable_ops"].items():
         ops.add_row(op, str(info["count"]), "yes" if info["quantized"] else "no", info["how"])

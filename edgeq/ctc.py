@@ -108,6 +108,27 @@ def ctc_error(name: str, output, labels, table: list[str] | None, blank: int, wo
     return error_rate(hyps, refs)
 
 
+def sequence_accuracy(name: str, output, labels, table: list[str] | None, blank: int) -> float:
+    """Fraction of samples whose greedy decode equals the transcript exactly (a spoken command or digit
+    string is right or wrong as a whole)."""
+    refs = _label_sequences(name, labels, len(output))
+    hyps = greedy_decode(output, blank)
+    if table is not None:
+        refs = [r if isinstance(r, str) else _to_text(name, r, table) for r in refs]
+        hyps = [_to_text(name, h, table) for h in hyps]
+    elif any(isinstance(r, str) for r in refs):
+        raise MetricError(f"metric {name} compares against text transcripts and needs a charset.")
+    else:
+        hyps = [tuple(h) for h in hyps]
+    return float(np.mean([h == r for h, r in zip(hyps, refs)])) if refs else 0.0
+
+
+def decode_agreement(output, reference, blank: int) -> float:
+    """Fraction of samples whose greedy decode equals the FP32 model's greedy decode."""
+    hyps, refs = greedy_decode(output, blank), greedy_decode(reference, blank)
+    return float(np.mean([h == r for h, r in zip(hyps, refs)])) if refs else 0.0
+
+
 def _to_text(name: str, ids, table: list[str]) -> str:
     if ids and max(ids) >= len(table):
         raise MetricError(f"metric {name}: class id {max(ids)} is outside the charset's {len(table)} classes.")

@@ -6,8 +6,9 @@ metric that reads them (transcripts, boxes, one-hot rows …); only 1-D integer 
 Folders are read like torchvision's ImageFolder when they hold class subfolders (labels = sorted
 subfolder index); a flat folder has no labels.
 
-Sources: ``zoo``/``zoo:test``; an image folder; a folder of .npy files (one sample each, lengths may
-differ along the dynamic axis); ``file.npy``; ``file.npz`` (x/images/inputs/data, labels from
+Sources: ``zoo``/``zoo:test`` (Fashion-MNIST images, or spoken digits for a speech model); an image folder; a
+folder of .wav clips (speech models: log-mel features by ``edgeq.audio``); a folder of .npy files (one sample
+each, lengths may differ along the dynamic axis); ``file.npy``; ``file.npz`` (x/images/inputs/data, labels from
 y/labels/targets, per-sample ``lengths``); ``file.npz:KEY``; ``file.npz:KEY1,KEY2`` for a model with
 two inputs; ``file.npz:x=KEY,y=KEY`` to name inputs and labels explicitly. ``labels=`` (--labels) takes
 ``file.npz:KEY``, ``file.npy`` or a ``.txt`` file with one label per line.
@@ -37,6 +38,7 @@ class Dataset:
     samples: Samples
     labels: object | None         # as stored; int64 [N] when they are class ids
     source: str
+    metric: tuple[str, str | None] | None = None   # the set's own metric (name, charset) when it has one
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -108,7 +110,7 @@ def _defined(definition, specs, limit: int | None, default_split: str, what: str
     picked = data.labels
     if picked is not None:
         picked = picked[index] if isinstance(picked, np.ndarray) else [picked[i] for i in index]
-    data = Dataset(data.samples.take(index), picked, f"{definition.name} ({data.source})")
+    data = Dataset(data.samples.take(index), picked, f"{definition.name} ({data.source})", data.metric)
     return _limit(data, limit)
 
 
@@ -132,6 +134,8 @@ def _zoo(split: str, spec: InputSpec, what: str) -> Dataset:
     from .models.zoo import load_split
     if split not in ("calib", "test"):
         raise CalibrationError(f"zoo data has splits 'calib' and 'test', not {split!r}.")
+    if spec.features is not None:
+        return _zoo_speech(split, spec, what)
     if not spec.is_image:
         raise CalibrationError(f"zoo {what} data are images; this model takes inputs shaped {spec.shape}.")
     images, labels = load_split(split)
@@ -139,10 +143,24 @@ def _zoo(split: str, spec: InputSpec, what: str) -> Dataset:
     return Dataset(Samples((x,)), labels, f"zoo:{split} (Fashion-MNIST)")
 
 
+def _zoo_speech(split: str, spec: InputSpec, what: str) -> Dataset:
+    from .models.zoo import SPEECH_METRIC, SPEECH_ZOO, load_speech_split
+    if len(spec.shape) != 3 or spec.shape[2] != spec.features.get("n_mels"):
+        raise CalibrationError(f"zoo speech {what} data are log-mel features; this model takes inputs shaped "
+                               f"{spec.shape}.")
+    x, lengths, labels = load_speech_split(split)
+    voices = "training voices" if split == "calib" else "held-out voices"
+    charset = next(iter(SPEECH_ZOO.values())).charset_path
+    return Dataset(Samples((x,), lengths, 1), labels, f"zoo:{split} (spoken digits, {voices})",
+                   metric=(SPEECH_METRIC, str(charset)))
+
+
 def _folder(path: Path, spec: InputSpec, what: str) -> Dataset:
     arrays = sorted(p for p in path.iterdir() if p.suffix == ".npy")
     if arrays:
         return _npy_folder(path, arrays, spec, what)
+    if spec.features is not None:
+        return _audio_folder(path, spec, what)
     if not spec.is_image:
         raise CalibrationError(f"an image folder cannot feed a model taking inputs shaped {spec.shape}; "
                                f"give a folder of .npy samples or an .npz archive.")
@@ -158,6 +176,21 @@ def _folder(path: Path, spec: InputSpec, what: str) -> Dataset:
     images = [_read_image(f, spec) for f, _ in files]
     labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
     return Dataset(Samples((np.concatenate(images),)), labels, str(path))
+
+
+def _audio_folder(path: Path, spec: InputSpec, what: str) -> Dataset:
+    """One .wav clip per sample (any rate and channel count: mixed down and resampled), as log-mel features."""
+    from .audio import AudioError, Features, clip_features
+    clips = sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav")
+    if not clips:
+        raise CalibrationError(f"{what} folder {path} contains no audio (.wav clips) and no .npy samples.")
+    features = Features.from_dict(spec.features)
+    max_frames = spec.dynamic[2] if spec.dynamic and spec.dynamic[0] == 1 else None
+    try:
+        arrays = [clip_features(clip, features, max_frames) for clip in clips]
+    except AudioError as exc:
+        raise CalibrationError(f"{what} data: {exc}") from None
+    return Dataset(_pad(arrays, spec, str(path), what), None, f"{path} ({len(clips)} clips)")
 
 
 def _npy_folder(path: Path, files: list[Path], spec: InputSpec, what: str) -> Dataset:
@@ -314,7 +347,7 @@ def _limit(data: Dataset, limit: int | None) -> Dataset:
     if limit is None or len(data) <= limit:
         return data
     labels = data.labels[:limit] if data.labels is not None else None
-    return Dataset(data.samples.take(slice(0, limit)), labels, data.source)
+    return Dataset(data.samples.take(slice(0, limit)), labels, data.source, data.metric)
 
 
 def _validate(data: Dataset, specs: tuple[InputSpec, ...], what: str) -> None:

@@ -9,7 +9,7 @@ from .bundle import float_graph, read_bundle
 from .data import load_data
 from .errors import ArtifactError, CalibrationError
 from .export.onnx import onnx_in, read_artifact
-from .metrics import compare_outputs
+from .metrics import compare_outputs, metric_for
 from .models.intake import InputSpec
 from .profile.latency import open_session
 from .runtimes import ort as ort_cpu
@@ -71,7 +71,7 @@ def _graph_batch(bundle) -> int:
 
 
 def _scores(result: dict, artifact, outputs, dataset, ref: tuple | None, choice) -> dict:
-    metric = choice.load() if choice is not None else _default_metric(dataset.labels)
+    metric = choice.load() if choice is not None else metric_for(dataset)
     if ref is not None:
         result["vs_fp32"] = compare_outputs(ref[0], outputs)
         result["vs_fp32"]["reference"] = ref[1]
@@ -96,12 +96,6 @@ def _scores(result: dict, artifact, outputs, dataset, ref: tuple | None, choice)
         raise CalibrationError(f"{dataset.source} has no labels and no FP32 reference is known for {artifact}; "
                                f"pass labelled data, --metric, or --reference fp32.onnx.")
     return result
-
-
-def _default_metric(labels):
-    from .metrics import default_metric, get_metric
-    name = default_metric(labels)
-    return get_metric(name) if name else None
 
 
 def _reference_outputs(record: dict, samples, reference: str | None, threads) -> tuple | None:

@@ -7,6 +7,8 @@ Units and drops (``Metric.drop(reference_score, score)``, positive = worse than 
 
 * ``top1``/``top5`` return fractions 0..1, unit "pp": drop and display are x100 (percentage points).
 * ``ctc-cer``/``ctc-wer`` return error rates in percent (0..100, lower is better), unit "points".
+* ``ctc-seq`` (sequence accuracy: the greedy decode equals the transcript) and ``ctc-agreement`` (it equals
+  the FP32 model's decode; no labels needed) return fractions, unit "pp".
 * ``cosine`` (unit "", ideal 1.0) and ``sqnr`` (unit "dB") compare against the FP32 outputs and need
   no labels: cosine averages over all outputs, sqnr takes the worst (minimum) output.
 * user metrics: drop = ref - value if ``higher_is_better`` else value - ref, in their own units.
@@ -146,6 +148,7 @@ class Metric:
     needs_reference: bool = False
     unit: str = ""
     builtin: bool = field(default=False, repr=False)  # built-ins always get the full Outputs list
+    ctc_blank: int | None = None   # CTC metrics: the blank class (reports add greedy-decode agreement with FP32)
 
     def score(self, outputs: Outputs, labels=None, reference: Outputs | None = None) -> float:
         """Call ``fn`` and return its result as a float; anything else raises MetricError."""
@@ -265,7 +268,7 @@ def _ctc(name: str, table: list[str] | None, blank: int, words: bool):
     return fn
 
 
-BUILTIN_METRICS = ("top1", "top5", "cosine", "sqnr", "ctc-cer", "ctc-wer")
+BUILTIN_METRICS = ("top1", "top5", "cosine", "sqnr", "ctc-cer", "ctc-wer", "ctc-seq", "ctc-agreement")
 
 
 def _builtin(name: str, charset, blank: int) -> Metric:
@@ -275,9 +278,15 @@ def _builtin(name: str, charset, blank: int) -> Metric:
         return Metric(name, _cosine_all, needs_labels=False, needs_reference=True, builtin=True)
     if name == "sqnr":
         return Metric(name, _sqnr_all, needs_labels=False, needs_reference=True, unit="dB", builtin=True)
+    if name == "ctc-agreement":
+        return Metric(name, lambda outputs, reference: ctc.decode_agreement(outputs[0], reference[0], blank),
+                      needs_labels=False, needs_reference=True, unit="pp", builtin=True, ctc_blank=blank)
     table = ctc.load_charset(charset, blank) if charset is not None else None
+    if name == "ctc-seq":
+        return Metric(name, lambda outputs, labels: ctc.sequence_accuracy(name, outputs[0], labels, table, blank),
+                      unit="pp", builtin=True, ctc_blank=blank)
     return Metric(name, _ctc(name, table, blank, name == "ctc-wer"), higher_is_better=False,
-                  unit="points", builtin=True)
+                  unit="points", builtin=True, ctc_blank=blank)
 
 
 # ---- lookup and plug-ins -----------------------------------------------------------------------
@@ -321,6 +330,16 @@ def _load_module(target: str):
         raise MetricError(f"cannot import metric module {target!r}: {exc}.") from None
     except Exception as exc:  # noqa: BLE001 - user code
         raise MetricError(f"importing metric module {target!r} failed: {type(exc).__name__}: {exc}.") from None
+
+
+def metric_for(dataset, fallback: str | None = None) -> "Metric | None":
+    """The metric a data set is scored with when the user names none: the set's own (the speech zoo's
+    sequence accuracy), top-1 for class ids, else ``fallback`` (None: no metric)."""
+    if getattr(dataset, "metric", None):
+        name, charset = dataset.metric
+        return get_metric(name, charset)
+    name = default_metric(dataset.labels if dataset is not None else None) or fallback
+    return get_metric(name) if name else None
 
 
 def default_metric(labels) -> str | None:

@@ -21,6 +21,7 @@ from . import runner
 from .errors import EdgeqError
 
 RUNNER_FILE = Path(runner.__file__)
+AUDIO_FILE = RUNNER_FILE.with_name("audio.py")
 REMOTE_DIR = re.compile(r"^/tmp/edgeq-runner\.[A-Za-z0-9]+$")
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
                    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
@@ -105,6 +106,7 @@ class Remote:
         self.dir = out
         try:
             self._put(RUNNER_FILE, "edgeq_runner.py")
+            self._put(AUDIO_FILE, "edgeq_audio.py")   # log-mel features for speech models' .wav input
         except BaseException:
             self.__exit__()   # ``with`` does not clean up after a failed __enter__
             raise

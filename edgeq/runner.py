@@ -355,6 +355,10 @@ def predict(model: str, input_path: str, top: int, max_mb: float) -> dict:
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise RunnerError(f"onnxruntime could not run {path.name} on {input_path}: "
                           f"{str(exc).splitlines()[0][:200]}.") from None
+    result = {"schema": "edgeq.runner-predict/1", "artifact": path.name, "input": Path(input_path).name,
+              "preprocessed_shape": list(x.shape)}
+    if meta.get("edgeq_ctc_charset"):   # a CTC model: best-path transcript per sample
+        return {**result, "transcripts": ctc_greedy(logits, meta["edgeq_ctc_charset"])}
     labels = meta.get("edgeq_labels") or []
     rows = []
     for sample in logits.reshape(logits.shape[0], -1):
@@ -363,15 +367,28 @@ def predict(model: str, input_path: str, top: int, max_mb: float) -> dict:
         best = np.argsort(-p)[:top]
         rows.append([{"class": int(k), "label": labels[k] if k < len(labels) else None,
                       "probability": round(float(p[k]), 5)} for k in best])
-    return {"schema": "edgeq.runner-predict/1", "artifact": path.name, "input": Path(input_path).name,
-            "preprocessed_shape": list(x.shape), "top": rows}
+    return {**result, "top": rows}
+
+
+def ctc_greedy(logits: np.ndarray, charset: list[str]) -> list[str]:
+    """Argmax per frame, repeats collapsed, the blank (charset entry "") dropped (as edgeq's ``ctc``)."""
+    blank = charset.index("")
+    texts = []
+    for ids in logits.argmax(-1):
+        keep = np.ones(len(ids), bool)
+        keep[1:] = ids[1:] != ids[:-1]
+        texts.append("".join(charset[i] for i in ids[keep] if i != blank and i < len(charset)))
+    return texts
 
 
 def load_input(path: str, shape: list, prep: dict | None) -> np.ndarray:
-    """An .npy array (already the model's input, or one image as uint8 H×W[×C]) or an image file."""
+    """An .npy array (already the model's input, or one image as uint8 H×W[×C]), an image file, or a .wav clip
+    for a speech model (log-mel features by edgeq's own ``audio`` module)."""
     file = Path(path)
     if not file.is_file():
         raise RunnerError(f"input {path} does not exist.")
+    if file.suffix.lower() == ".wav":
+        return audio_features(file, shape, prep)
     if file.suffix == ".npy":
         try:
             x = np.load(file, allow_pickle=False)
@@ -394,6 +411,26 @@ def load_input(path: str, shape: list, prep: dict | None) -> np.ndarray:
             return prepare_image(np.asarray(img.convert("RGB")), shape, prep)
     except OSError as exc:
         raise RunnerError(f"input {path} is not a readable image ({exc}).") from None
+
+
+def audio_features(file: Path, shape: list, prep: dict | None) -> np.ndarray:
+    """[1, frames, mels] features of a WAV clip, computed by ``edgeq.audio`` (shipped next to this file as
+    ``edgeq_audio.py`` when the runner runs without edgeq)."""
+    if not prep or prep.get("kind") != "log-mel":
+        raise RunnerError(f"{file.name} is audio, but this model takes no audio features (its input is {shape}).")
+    try:   # the copy next to this file on a device, else edgeq's own module
+        import edgeq_audio as audio
+    except ImportError:
+        try:
+            from edgeq import audio
+        except ImportError:
+            raise RunnerError("audio input needs edgeq_audio.py next to the runner (edgeq uploads it; the "
+                              "edgeq-runner wheel includes it).") from None
+    limit = shape[1] if isinstance(shape[1], int) else None
+    try:
+        return audio.clip_features(file, audio.Features.from_dict(prep), limit)[None]
+    except audio.AudioError as exc:
+        raise RunnerError(str(exc)) from None
 
 
 def prepare_image(pixels: np.ndarray, shape: list, prep: dict | None) -> np.ndarray:
@@ -545,6 +582,8 @@ def _human(result: dict) -> str:
     if schema.endswith("runner-compare/1"):
         return "\n".join(f"{m['artifact']}: median {np.median(m['samples_ms']):.3f} ms ({len(m['samples_ms'])} runs)"
                          for m in result["models"])
+    if "transcripts" in result:
+        return "\n".join(result["transcripts"])
     return "\n".join(", ".join(f"{r['label'] or r['class']} {r['probability']:.3f}" for r in row)
                      for row in result["top"])
 

@@ -157,6 +157,7 @@ def test_the_runner_alone_builds_as_its_own_wheel(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         assert z.read("edgeq_runner.py") == Path(runner.__file__).read_bytes()
+        assert z.read("edgeq_audio.py") == Path(runner.__file__).with_name("audio.py").read_bytes()
         metadata = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert not any(n.startswith("edgeq/") for n in names) and "edgeq-runner = edgeq_runner:main" in entry

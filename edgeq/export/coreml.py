@@ -21,14 +21,13 @@ import re
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import ui
-from ..bundle import Bundle, float_graph, quantized_graph, read_bundle, require_plain_input
+from ..bundle import Bundle, float_graph, quantized_graph, read_bundle, require_single_input
 from ..errors import ArtifactError
 from ..fsutil import atomic_path
-from ..metrics import compare
+from ..metrics import compare_outputs
 from ..quant.fakequant import ActQuant, WeightQuant, _FakeQuant
 from ..samples import run_graph
 from .artifact import artifact_record, check_outputs, float_layers, placement_fields, write_sidecar
@@ -50,7 +49,7 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
         raise ArtifactError(f"a CoreML ML program is a folder ending in .mlpackage; got {out}.")
     out = check_outputs(out, force, is_dir=True)
     bundle = read_bundle(bundle_path, target)   # whose latency placement (usually none: the recipe's)
-    require_plain_input(bundle, "--to coreml")
+    require_single_input(bundle, "--to coreml")
     gm = float_graph(bundle) if flavour == "fp16" else quantized_graph(bundle)
     with atomic_path(out) as tmp:
         with ui.status(f"converting to a CoreML {flavour} ML program"):
@@ -67,13 +66,22 @@ def export_coreml(bundle_path: str | Path, out: str | Path, flavour: str = "w8a8
             out, tmp, "coreml-mlprogram", flavour, bundle, bundle_path, quantized,
             _fidelity(mlmodel, gm, bundle, flavour),
             minimum_deployment_target="iOS17 / macOS14", compute_units=compute_units, compute_precision="float16",
-            dynamic_batch=False,
+            dynamic_batch=False, **_dynamic_fields(bundle),
             float_layers={"layers": float_layers(bundle) if quantized else "all",
                           "precision": "FP16 (no quantizer; compute precision float16)"},
             mil_ops=ops["all"], mil_op_dtypes=ops["compute_dtypes"], expected_quant_ops=expected,
             **placement_fields(bundle, quantized))
         write_sidecar(out, record)   # the record lands just before the package
     return record
+
+
+def _dynamic_fields(bundle: Bundle) -> dict:
+    dynamic = bundle.input_specs[0].dynamic
+    if dynamic is None:
+        return {}
+    axis, low, high = dynamic
+    return {"dynamic_axis": {"axis": axis, "min": low, "max": high, "default": bundle.input_shape[axis],
+                             "kind": "RangeDim (one package for every length in range)"}}
 
 
 def _coremltools():
@@ -111,19 +119,31 @@ def _convert(ct, gm: torch.fx.GraphModule, bundle: Bundle, flavour: str, compute
             setattr(gm, name, _CoreMLQuant(module))
         elif isinstance(module, ActQuant):
             module.bypass = True   # w8: activations stay FP16
-    example = torch.from_numpy(bundle.samples.inputs[0][:1].repeat(bundle.input_shape[0], axis=0))
+    first = next(bundle.samples.groups(1))[1][0]   # one real sample at its own length (never padded)
+    example = torch.from_numpy(first.repeat(bundle.input_shape[0], axis=0))
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(gm, example)
-            return ct.convert(traced, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+            return ct.convert(traced, inputs=[ct.TensorType(name="input", shape=input_shape(ct, bundle, example))],
                               outputs=[ct.TensorType(name="output")], convert_to="mlprogram",
                               minimum_deployment_target=ct.target.iOS17,
                               compute_precision=ct.precision.FLOAT16,
                               compute_units=getattr(ct.ComputeUnit, compute_units))
     except Exception as exc:  # noqa: BLE001 - coremltools raises plain exceptions for unsupported ops
         raise ArtifactError(_conversion_error(exc, gm)) from None
+
+
+def input_shape(ct, bundle: Bundle, example: torch.Tensor) -> tuple:
+    """The ML program's input shape: the example's, with a ranged dimension (``ct.RangeDim``, default the
+    example's size) on the model's dynamic width/time axis, so one package takes every length in range."""
+    shape = list(example.shape)
+    dynamic = bundle.input_specs[0].dynamic
+    if dynamic is not None:
+        axis, low, high = dynamic
+        shape[axis] = ct.RangeDim(lower_bound=low, upper_bound=high, default=shape[axis])
+    return tuple(shape)
 
 
 def _conversion_error(exc: Exception, gm: torch.fx.GraphModule) -> str:
@@ -190,6 +210,8 @@ def _fidelity(mlmodel, gm, bundle: Bundle, flavour: str) -> dict:
     if platform.system() != "Darwin":
         return {"verifiable": False, "reference": reference,
                 "reason": f"CoreML prediction needs macOS; not verifiable on this OS ({platform.system()})"}
-    x = bundle.samples.inputs[0]
-    outs = [mlmodel.predict({"input": x[i: i + 1]})["output"] for i in range(len(x))]
-    return {**compare(run_graph(gm, x, 1)[0], np.concatenate(outs)), "verifiable": True, "reference": reference}
+    refs, outs = [], []
+    for _, arrays in bundle.samples.groups(1):   # each sample at its own length
+        refs.append(run_graph(gm, arrays[0], 1)[0][0])
+        outs.append(mlmodel.predict({"input": arrays[0]})["output"][0])
+    return {**compare_outputs([refs], [outs]), "verifiable": True, "reference": reference}

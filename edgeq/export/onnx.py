@@ -132,12 +132,19 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
 
 def _runner_metadata(bundle: Bundle) -> dict[str, str]:
     """What ``edgeq-runner predict`` needs on a device without edgeq: how a raw image becomes the input
-    (image models only: size, channels, mean/std per channel, as ``preprocess_uint8`` does it), and the
-    class names when edgeq knows them (the zoo)."""
-    from ..models.zoo import FASHION_CLASSES
+    (image models only: size, channels, mean/std per channel, as ``preprocess_uint8`` does it; audio models:
+    the log-mel parameters of ``edgeq.audio``), and the class names or CTC symbols when edgeq knows them
+    (the zoo)."""
+    from ..models.zoo import FASHION_CLASSES, SPEECH_ZOO
     from ..preprocess import per_channel
     out = {}
     spec = bundle.input_specs[0]
+    if spec.features is not None:
+        out["edgeq_preprocess"] = json.dumps(spec.features)
+        name = bundle.manifest["model"]["spec"].removeprefix("zoo:")
+        if name in SPEECH_ZOO:   # CTC symbols in class order, the blank first
+            out["edgeq_ctc_charset"] = json.dumps(["", *SPEECH_ZOO[name].charset_path.read_text().split()])
+        return out
     if spec.is_image and len(bundle.input_specs) == 1:
         channels = spec.shape[1]
         mean, std = per_channel(spec.mean, channels), per_channel(spec.std, channels)

@@ -23,12 +23,12 @@ import onnx
 from onnx import helper
 
 from .. import ui
-from ..bundle import require_plain_input, quantized_graph, read_bundle
+from ..bundle import require_single_input, quantized_graph, read_bundle
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, check_output
 from ..metrics import compare_outputs
 from ..runtimes import ort as ort_cpu
-from ..samples import run_graph
+from ..samples import Samples, run_graph
 from .artifact import artifact_record, float_layers, placement_fields
 from .onnx import _batch, _export, sidecar_path
 from .qdq import GraphIndex, count_ops, remove_unused_initializers
@@ -41,14 +41,14 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
     the recipe's placement, every candidate int8)."""
     out_dir = check_output(out_dir, force, is_dir=True)
     bundle = read_bundle(bundle_path, target)
-    require_plain_input(bundle, "--to tensorrt")
+    require_single_input(bundle, "--to tensorrt")
     gm = quantized_graph(bundle)
     with atomic_path(out_dir, is_dir=True) as tmp:
         path = tmp / "model.onnx"
         with ui.status("exporting a TensorRT explicit-quantization ONNX"):
             model, passes = _export(gm, bundle, path, "int8", opset, runtime="tensorrt")
             passes["made_symmetric_int8"] = symmetric_int8(model)
-            passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples.inputs[0])
+            passes["residual_inputs_quantized"] = quantize_residuals(model, bundle.samples)
         findings = lint(model)
         errors = [f for f in findings if f.severity == "error"]
         if errors:   # our own bug, never the user's: say which rule broke
@@ -57,12 +57,11 @@ def export_tensorrt(bundle_path: str | Path, out_dir: str | Path, opset: int = 1
         onnx.save(model, str(path))
         fidelity = compare_outputs(run_graph(gm, bundle.samples, _batch(bundle)),
                                    ort_cpu.run(ort_cpu.session(path), bundle.samples))
-        shape = bundle.input_shape
-        dynamic = bundle.manifest["dynamic_batch"]
-        command = trtexec_command("model.onnx", "model.engine", shape, dynamic, workspace_mib)
+        profile = shape_profile(bundle.input_shape, bundle.manifest["dynamic_batch"], bundle.input_specs[0].dynamic)
+        command = trtexec_command("model.onnx", "model.engine", profile, workspace_mib)
         (tmp / "trtexec.sh").write_text("#!/bin/sh\n# build the engine on the target (TensorRT installed)\n"
                                         f"cd \"$(dirname \"$0\")\"\n{command}\n")
-        engine = build_engine(path, tmp / "model.engine", shape, dynamic, workspace_mib)
+        engine = build_engine(path, tmp / "model.engine", profile, workspace_mib)
         record = artifact_record(
             out_dir / "model.onnx", path, "onnx-tensorrt", "int8", bundle, bundle_path, True,
             {**fidelity, "reference": "torch fake-quant model",
@@ -148,7 +147,7 @@ def _drop_value_info(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
+def quantize_residuals(model: onnx.ModelProto, samples: Samples) -> int:
     """Insert Q/DQ on the residual input of each Add that follows an int8 Conv, with a symmetric range
     measured on ``samples``: TensorRT then fuses the Add into the Conv."""
     view = GraphView(model)
@@ -174,8 +173,9 @@ def quantize_residuals(model: onnx.ModelProto, samples: np.ndarray) -> int:
     return len(targets)
 
 
-def _ranges(model: onnx.ModelProto, tensors: list[str], samples: np.ndarray) -> dict[str, float]:
-    """max |x| of intermediate tensors over the calibration samples (ONNX Runtime, the model as it is)."""
+def _ranges(model: onnx.ModelProto, tensors: list[str], samples: Samples) -> dict[str, float]:
+    """max |x| of intermediate tensors over the calibration samples (ONNX Runtime, the model as it is; samples
+    of different lengths run at their own lengths, never padded)."""
     import tempfile
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -185,35 +185,52 @@ def _ranges(model: onnx.ModelProto, tensors: list[str], samples: np.ndarray) -> 
         onnx.save(probe, str(path))
         sess = ort_cpu.session(path)
         name, shape = ort_cpu.input_info(sess)
-        step = shape[0] if isinstance(shape[0], int) else min(16, len(samples))
+        fixed = isinstance(shape[0], int)
+        step = shape[0] if fixed else min(16, len(samples))
         amax = dict.fromkeys(tensors, 0.0)
-        for i in range(0, len(samples) - step + 1, step):   # whole batches (a fixed batch axis takes no less)
-            outs = sess.run(tensors, {name: samples[i: i + step]})
+        for idx, arrays in samples.groups(step):
+            if fixed and len(idx) < step:   # a fixed batch axis takes whole batches only
+                continue
+            outs = sess.run(tensors, {name: arrays[0]})
             for t, value in zip(tensors, outs):
                 amax[t] = max(amax[t], float(np.abs(value).max()))
     return amax
 
 
-def trtexec_command(onnx_name: str, engine_name: str, shape: tuple[int, ...], dynamic: bool,
-                    workspace_mib: int) -> str:
+Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def shape_profile(shape: tuple[int, ...], dynamic_batch: bool, dynamic_axis) -> Profile | None:
+    """TensorRT's (min, opt, max) input shapes: batch 1..max(32, B) when the batch is dynamic, and the
+    model's own range on its dynamic width/time axis (optimised for the example's size); None when the
+    input shape is fixed."""
+    if not dynamic_batch and dynamic_axis is None:
+        return None
+    low, opt, high = list(shape), list(shape), list(shape)
+    if dynamic_batch:
+        low[0], high[0] = 1, max(32, shape[0])
+    if dynamic_axis is not None:
+        axis, low[axis], high[axis] = dynamic_axis
+    return tuple(low), tuple(opt), tuple(high)
+
+
+def trtexec_command(onnx_name: str, engine_name: str, profile: Profile | None, workspace_mib: int) -> str:
     """The trtexec line that builds the same engine as ``build_engine``."""
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--int8", "--fp16",
             "--timingCacheFile=timing.cache", f"--memPoolSize=workspace:{workspace_mib}M"]
-    if dynamic:
-        dims = "x".join(str(d) for d in shape[1:])
-        args += [f"--minShapes=input:1x{dims}", f"--optShapes=input:{shape[0]}x{dims}",
-                 f"--maxShapes=input:{max(32, shape[0])}x{dims}"]
+    if profile is not None:
+        args += [f"--{kind}Shapes=input:{'x'.join(map(str, dims))}"
+                 for kind, dims in zip(("min", "opt", "max"), profile)]
     return " ".join(shlex.quote(a) for a in args)
 
 
-def build_engine(onnx_path: Path, engine_path: Path, shape: tuple[int, ...], dynamic: bool,
-                 workspace_mib: int) -> dict:
-    """Serialize an INT8+FP16 engine with a timing cache (and an optimization profile when the batch is
-    dynamic). Needs the ``tensorrt`` package and an NVIDIA GPU; without them, says so."""
+def build_engine(onnx_path: Path, engine_path: Path, profile: Profile | None, workspace_mib: int) -> dict:
+    """Serialize an INT8+FP16 engine with a timing cache (and an optimization profile when the batch or a
+    width/time axis is dynamic). Needs the ``tensorrt`` package and an NVIDIA GPU; without them, says so."""
     try:
         import tensorrt as trt
     except ImportError:
         return {"built": False, "reason": "the tensorrt Python package is not installed on this machine; run "
                                           "trtexec.sh (next to model.onnx) on the target"}
     from .trt_engine import build
-    return build(trt, onnx_path, engine_path, shape, dynamic, workspace_mib)
+    return build(trt, onnx_path, engine_path, profile, workspace_mib)

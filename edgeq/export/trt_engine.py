@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build(trt, onnx_path: Path, engine_path: Path, shape: tuple[int, ...], dynamic: bool,
-          workspace_mib: int) -> dict:
+def build(trt, onnx_path: Path, engine_path: Path, profile, workspace_mib: int) -> dict:
+    """``profile``: (min, opt, max) input shapes for a dynamic input (``tensorrt.shape_profile``), or None."""
     log = _Log(trt)
     builder = trt.Builder(log)
     network = builder.create_network(0)
@@ -24,11 +24,10 @@ def build(trt, onnx_path: Path, engine_path: Path, shape: tuple[int, ...], dynam
     cache_path = engine_path.parent / "timing.cache"
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        dims = tuple(shape[1:])
-        profile.set_shape("input", (1, *dims), (shape[0], *dims), (max(32, shape[0]), *dims))
-        config.add_optimization_profile(profile)
+    if profile is not None:
+        shapes = builder.create_optimization_profile()
+        shapes.set_shape("input", *profile)
+        config.add_optimization_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         return {"built": False, "reason": "the TensorRT builder failed", "log": log.summary()}

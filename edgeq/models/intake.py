@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputShapeError, ModelSpecError
-from .zoo import FASHION_MEAN, FASHION_STD, ZOO
+from .zoo import FASHION_MEAN, FASHION_STD, SPEECH_ZOO, ZOO
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,11 +32,19 @@ class InputSpec:
     name: str = "input"
     dtype: str = "float32"                  # int64 for token ids
     dynamic: tuple[int, int, int] | None = None   # (axis, min, max): a variable width/time axis besides batch
+    features: dict | None = field(default=None, hash=False)   # audio models: edgeq.audio.Features.to_dict()
 
     @property
     def is_image(self) -> bool:
         """Image inputs get image preprocessing (folders, the zoo sets); sequences and token ids never do."""
         return len(self.shape) == 4 and self.dtype.startswith("float")
+
+    def audio_seconds(self) -> float | None:
+        """Seconds of audio the example shape holds (speech models: [B, frames, mels]); None otherwise."""
+        if self.features is None or len(self.shape) != 3:
+            return None
+        from ..audio import Features
+        return round(Features.from_dict(self.features).seconds(self.shape[1]), 4)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -46,7 +54,7 @@ class InputSpec:
         dynamic = data.get("dynamic")
         return cls(shape=tuple(data["shape"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
                    name=data.get("name", "input"), dtype=data.get("dtype", "float32"),
-                   dynamic=tuple(dynamic) if dynamic else None)
+                   dynamic=tuple(dynamic) if dynamic else None, features=data.get("features"))
 
 
 @dataclass
@@ -155,8 +163,10 @@ def _load(spec: str, weights, num_classes, in_chans, input_shape, trust_pickle, 
 
 
 def _load_zoo(name: str, input_shape) -> LoadedModel:
+    if name in SPEECH_ZOO:
+        return _load_speech_zoo(name, input_shape)
     if name not in ZOO:
-        raise ModelSpecError(f"unknown zoo model {name!r}: the zoo has {', '.join(ZOO)}.")
+        raise ModelSpecError(f"unknown zoo model {name!r}: the zoo has {', '.join([*ZOO, *SPEECH_ZOO])}.")
     entry = ZOO[name]
     if not entry.checkpoint.exists():
         raise ModelSpecError(f"zoo model {name!r} has no trained checkpoint; run scripts/train_zoo.py {name}.")
@@ -167,6 +177,23 @@ def _load_zoo(name: str, input_shape) -> LoadedModel:
     return LoadedModel(f"zoo:{name}", module.eval(),
                        InputSpec(shape, FASHION_MEAN * entry.in_chans, FASHION_STD * entry.in_chans),
                        details={"source": "zoo", "arch": entry.timm_name, **entry.create_kwargs(),
+                                "training": entry.training_record()})
+
+
+def _load_speech_zoo(name: str, input_shape) -> LoadedModel:
+    from ..audio import DEFAULT
+    entry = SPEECH_ZOO[name]
+    if not entry.checkpoint.exists():
+        raise ModelSpecError(f"zoo model {name!r} has no trained checkpoint; run scripts/train_speech.py.")
+    module = entry.build()
+    load_state_dict_file(module, entry.checkpoint, f"zoo:{name}", trust_pickle=False)
+    native = module.edgeq_input_shape
+    shape = tuple(input_shape or native)
+    if len(shape) != 3 or shape[2] != native[2]:
+        raise InputShapeError(f"zoo:{name} takes log-mel features shaped BxTx{native[2]} (e.g. "
+                              f"{_fmt(native)}), not {_fmt(shape)}.")
+    return LoadedModel(f"zoo:{name}", module.eval(), InputSpec(shape, (0.0,), (1.0,), features=DEFAULT.to_dict()),
+                       details={"source": "zoo", "arch": "conformer-ctc", "charset": str(entry.charset_path),
                                 "training": entry.training_record()})
 
 

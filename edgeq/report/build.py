@@ -89,13 +89,19 @@ def assess(model: dict, variants: list["Variant"], targets: list[Target], data: 
     runnable = runnable_targets(targets)
     scores = score_variants(variants, runnable, data, eval_limit, metric) if data else {}
     latency = time_variants(variants, runnable, runs, batch)
+    rows = [_row(v, t, scores, latency) for t in targets for v in variants]
+    audio = model.get("audio_seconds")
+    for row in rows if audio else []:   # speech: latency per second of audio (real-time factor)
+        if row["measured"]:
+            row["rtf"] = round(row["latency"]["p50_ms"] / 1000 / audio, 5)
     return {"schema": SCHEMA, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model["spec"], "input_shape": model["input_shape"],
+            **({"audio_seconds": audio} if audio else {}),
             "data": {"source": scores.get("source", data), "samples": scores.get("samples"), "limit": eval_limit},
             "metric": scores.get("metric") or {"name": None, "unit": "", "higher_is_better": True},
             "targets": [_target_entry(t) for t in targets],
             "variants": [{"name": v.name, "kind": v.kind, "not_built": v.not_built} for v in variants],
-            "rows": [_row(v, t, scores, latency) for t in targets for v in variants],
+            "rows": rows,
             "env": {"machine": machine(), "versions": package_versions()}}
 
 
@@ -168,7 +174,7 @@ def _ort_minmax(spec: ReportSpec, work: Path) -> float:
     if len(specs) != 1:
         raise EdgeqError("ONNX Runtime's quantize_static baseline is built for single-input models only")
     calib = load_data(spec.calib, specs, limit=256)
-    return ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.x)
+    return ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.samples)
 
 
 # --- measurements ---------------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def score_variants(variants: list[Variant], runnable: list[Target], data: str, e
     """Scores of every artifact on every runnable target, against FP32 on the same target."""
     from ..data import load_data
     from ..export.onnx import read_artifact
-    from ..metrics import compare_outputs, default_metric, get_metric
+    from ..metrics import compare_outputs, metric_for
     from ..models.intake import InputSpec
     from ..profile.latency import open_session
 
@@ -187,9 +193,7 @@ def score_variants(variants: list[Variant], runnable: list[Target], data: str, e
     record = read_artifact(next(iter(fp32.built.values())).path)
     specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
     test = load_data(data, specs, limit=eval_limit, default_split="test", what="evaluation")
-    if metric is None:
-        name = default_metric(test.labels)
-        metric = get_metric(name or "cosine")
+    metric = metric or metric_for(test, fallback="cosine")
     scores = {"samples": len(test), "source": test.source,
               "metric": {"name": metric.name, "unit": metric.unit, "higher_is_better": metric.higher_is_better}}
     for t in runnable:
@@ -205,8 +209,17 @@ def score_variants(variants: list[Variant], runnable: list[Target], data: str, e
                                         "fp32_score": round(metric.display(fp32_score), 4),
                                         "drop": round(metric.drop(fp32_score, score), 4),
                                         "cosine_vs_fp32": fid["cosine"], "sqnr_db_vs_fp32": fid["sqnr_db"],
-                                        "top1_agreement_vs_fp32": fid.get("top1_agreement")}
+                                        "top1_agreement_vs_fp32": fid.get("top1_agreement"),
+                                        **_decode_agreement(metric, outputs, reference)}
     return scores
+
+
+def _decode_agreement(metric, outputs, reference) -> dict:
+    """CTC models: the share of samples whose greedy decode equals FP32's (in percent)."""
+    if metric.ctc_blank is None:
+        return {}
+    from ..ctc import decode_agreement
+    return {"ctc_agreement_vs_fp32": round(100 * decode_agreement(outputs[0], reference[0], metric.ctc_blank), 2)}
 
 
 def _evaluated_where(t: Target) -> dict:
@@ -313,7 +326,9 @@ def _model_of(source: str, variants: list[Variant]) -> dict:
     if bundle is None:
         return {"spec": source, "input_shape": None}
     manifest = _manifest(bundle)
-    return {"spec": manifest["model"]["spec"], "input_shape": manifest["input"]["shape"]}
+    from ..models.intake import InputSpec
+    return {"spec": manifest["model"]["spec"], "input_shape": manifest["input"]["shape"],
+            "audio_seconds": InputSpec.from_dict(manifest["input"]).audio_seconds()}
 
 
 def _is_bundle(source: str) -> bool:

@@ -21,7 +21,8 @@ def table_cells(row: dict) -> list[str]:
     drop = "–" if row.get("drop") is None else f"{row['drop']:+.2f}"
     speed = _speed_cell(row)
     units = f"{row['float_units']} / {row['units']}" if row.get("units") is not None else "–"
-    return [row["label"], row["target"], score, drop, f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", speed,
+    p50 = f"{lat['p50_ms']:.3f}" + (f" (RTF {row['rtf']:.4f})" if row.get("rtf") is not None else "")
+    return [row["label"], row["target"], score, drop, p50, f"{lat['p90_ms']:.3f}", speed,
             f"{row['bytes'] / 1e6:.2f}", "–" if row.get("ptq_seconds") is None else f"{row['ptq_seconds']:.1f}",
             units]
 
@@ -76,13 +77,15 @@ def _header(metric: dict) -> list[str]:
 def _intro(report: dict) -> list[str]:
     env = report["env"]["machine"]
     data = report["data"]
+    speech = ([f"Speech model: latency of one {report['audio_seconds']:.2f} s clip; RTF (real-time factor) = p50 / "
+               f"clip seconds, below 1 is faster than real time."] if report.get("audio_seconds") else [])
     return [f"Model {report['model']}, input {report.get('input_shape')}; {_metric_title(report['metric'])} on "
             f"{data['source']} ({data.get('samples') or '–'} samples), measured on each target's runtime on the "
             f"exported file it runs; drop against FP32 on the same target.",
             f"Latency: every measured row in one run, in blocks of 5 runs visited in a new random order each round "
             f"(batch and threads from each target's file); speed-ups from paired blocks with a 90 % interval, "
             f"\"≈1\" when it includes 1; on {env['processor']}, {env['cpu_count']} cores, "
-            f"ISA {', '.join(env.get('isa') or ['unknown'])}. Generated {report['generated']}."]
+            f"ISA {', '.join(env.get('isa') or ['unknown'])}. Generated {report['generated']}.", *speech]
 
 
 def bundles(report: dict) -> list[tuple[dict, list[str]]]:

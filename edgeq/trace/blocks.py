@@ -15,6 +15,12 @@ Kinds are read off the graph:
   output back (the conv→transformer transitions where hybrids lose accuracy);
 - ``conv``: everything else.
 
+Separately, a block is a *bridge candidate* when it is a bridge, or when it mixes along the spatial/time axes
+with a convolution (kernel larger than 1) right next to a transformer unit: a convolutional stem or
+subsampling front end feeding the first attention/MLP unit, a Conformer's convolution module between
+self-attention and feed-forward, an MLP with a depthwise convolution. The mark is shown by ``edgeq inspect``
+and does not change how the block is quantized.
+
 A flat graph (no module hierarchy: converted from ONNX, or a plain ``nn.Sequential`` of layers) is grouped
 from the graph instead: residual spans and chains (``flat_blocks``).
 """
@@ -54,6 +60,7 @@ class Block:
     layers: tuple[str, ...]
     params: int
     macs: int
+    bridge_candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,11 +119,12 @@ def build_block_map(gm: fx.GraphModule) -> BlockMap:
     else:
         _mark_head(blocks, layers)
 
+    candidates = _bridge_candidates(blocks, layers)
     final_blocks, final_layers = [], OrderedDict()
-    for seg_name, kind, members, unit in blocks:
+    for i, (seg_name, kind, members, unit) in enumerate(blocks):
         params = sum(layers[m].params for m in members)
         macs = sum(layers[m].macs for m in members) + extra_macs.get(unit, 0) * (seg_name == unit)
-        final_blocks.append(Block(seg_name, kind, tuple(members), params, macs))
+        final_blocks.append(Block(seg_name, kind, tuple(members), params, macs, i in candidates))
         for m in members:
             final_layers[m] = Layer(**{**asdict(layers[m]), "block": seg_name})
     op_counts: dict[str, int] = {}
@@ -283,6 +291,19 @@ def _mark_bridges(blocks: list[list], preds: dict[str, set[str]]) -> None:
             blocks[i][1] = "bridge"
         elif i > 0 and is_tf[i - 1] and _feeds(blocks[i - 1][2], members, preds):
             blocks[i][1] = "bridge"
+
+
+def _bridge_candidates(blocks: list[list], layers: dict) -> set[int]:
+    """Indices of bridges and of blocks with a spatial/time convolution next to a transformer unit."""
+    def spatial(members):
+        return any(layers[m].op in ("conv", "dwconv") and any(k > 1 for k in layers[m].weight_shape[2:])
+                   for m in members)
+
+    def transformer(i):
+        return 0 <= i < len(blocks) and blocks[i][1] in ("attention", "mlp")
+
+    return {i for i, (_, kind, members, _) in enumerate(blocks)
+            if kind == "bridge" or (kind != "head" and spatial(members) and (transformer(i - 1) or transformer(i + 1)))}
 
 
 def _feeds(src: list[str], dst: list[str], preds: dict[str, set[str]]) -> bool:

@@ -1,4 +1,5 @@
-"""The bundled zoo: timm hybrids trained on Fashion-MNIST by ``scripts/train_zoo.py``.
+"""The bundled zoo: timm hybrids trained on Fashion-MNIST by ``scripts/train_zoo.py``, and a Conformer-CTC
+speech encoder trained on synthesised spoken digits by ``scripts/train_speech.py``.
 
 Checkpoints and a compact copy of the data (a 1,024-image calibration subset and the
 10k test set, as uint8) ship inside the package so nothing needs the Debian package
@@ -68,3 +69,40 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     path = ZOO_DIR / "data" / f"fashion_mnist_{split}.npz"
     with np.load(path) as data:
         return data["images"], data["labels"].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SpeechEntry:
+    """A speech model of the zoo: plain-torch Conformer-CTC on log-mel features (``edgeq.audio``)."""
+    name: str
+    charset: str = "digits.txt"   # CTC symbols in class order after the blank (class 0)
+
+    @property
+    def checkpoint(self) -> Path:
+        return ZOO_DIR / f"{self.name}.pt"
+
+    @property
+    def card(self) -> Path:
+        return ZOO_DIR / f"{self.name}.json"
+
+    @property
+    def charset_path(self) -> Path:
+        return ZOO_DIR / "data" / self.charset
+
+    def training_record(self) -> dict:
+        return json.loads(self.card.read_text()) if self.card.exists() else {}
+
+    def build(self):
+        from .conformer import ConformerCTC
+        return ConformerCTC()
+
+
+SPEECH_ZOO: dict[str, SpeechEntry] = {e.name: e for e in (SpeechEntry("conformer_ctc_s"),)}
+SPEECH_METRIC = "ctc-seq"   # the speech sets' default metric: the digit string decoded exactly
+
+
+def load_speech_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log-mel features [N, T_max, 40] (float32, zero-padded), lengths [N] and transcripts [N] of the bundled
+    spoken-digit 'calib' (training voices) or 'test' (held-out voices) split."""
+    with np.load(ZOO_DIR / "data" / f"speech_{split}.npz") as data:
+        return data["x"].astype(np.float32), data["lengths"].astype(np.int64), data["labels"].astype(str)
