@@ -1,7 +1,10 @@
-"""The peer to beat: ONNX Runtime's own static quantizer, run the way its docs suggest.
+"""The peers to beat, each run the way its docs suggest, on the same calibration inputs edgeq uses (one
+sample at a time, each at its own length: no padding).
 
-QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration on the same
-calibration inputs edgeq uses (one sample at a time, each at its own length: no padding).
+- ONNX Runtime's own static quantizer (``ort-minmax``): QDQ format, per-channel int8 weights, uint8
+  activations, MinMax calibration.
+- NNCF (``nncf``, ``nncf-ov``, ``nncf-ov-transformer``): its default post-training quantization with the ONNX
+  backend (a QDQ ONNX) and with the OpenVINO backend (OpenVINO IR, default and ``model_type=TRANSFORMER``).
 """
 from __future__ import annotations
 
@@ -39,3 +42,58 @@ def ort_minmax(fp32_path: str | Path, out: str | Path, calib) -> float:
     finally:
         root.setLevel(level)
     return time.perf_counter() - start
+
+
+# ---- NNCF, the incumbent on OpenVINO (a bench/dev extra, never a core dependency) -----------------------
+
+NNCF_VARIANTS = {
+    "nncf": "NNCF default, ONNX backend (a QDQ ONNX both runtimes run)",
+    "nncf-ov": "NNCF default, OpenVINO backend (OpenVINO IR)",
+    "nncf-ov-transformer": "NNCF model_type=TRANSFORMER, OpenVINO backend (OpenVINO IR)",
+}
+
+
+def nncf_missing() -> str | None:
+    """Why the NNCF rows cannot be made here, or None."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return f"NNCF rows need nncf and openvino (pip install nncf openvino): {exc}"
+    return None
+
+
+def nncf_quantize(variant: str, fp32_path: str | Path, out: str | Path, calib) -> float:
+    """Write NNCF's post-training quantization of ``fp32_path`` the way its docs suggest (default preset,
+    every calibration sample, each at its own length) to ``out`` (``.onnx`` for the ONNX backend, ``.xml`` for
+    OpenVINO IR with FP32 weights kept); returns the seconds it took (quantization and saving)."""
+    import nncf
+    import onnx
+    import openvino as ov
+
+    start = time.perf_counter()
+    items = [arrays[0] for _, arrays in as_samples(calib).groups(1)]
+    kind = nncf.ModelType.TRANSFORMER if variant.endswith("transformer") else None
+    with _quiet():
+        if variant == "nncf":
+            model = onnx.load(str(fp32_path))
+            name = model.graph.input[0].name
+            quantized = nncf.quantize(model, nncf.Dataset(items, lambda x: {name: x}), subset_size=len(items))
+            onnx.save(quantized, str(out))
+        else:
+            model = ov.Core().read_model(str(fp32_path))
+            quantized = nncf.quantize(model, nncf.Dataset(items), model_type=kind, subset_size=len(items))
+            ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return time.perf_counter() - start
+
+
+class _quiet:
+    """NNCF logs progress bars and INFO lines per call; the bench log keeps edgeq's own lines."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("nncf")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)

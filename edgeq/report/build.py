@@ -23,7 +23,8 @@ from .schema import SCHEMA
 DEFAULT_RECIPES = ("w8a8-fast", "w8a8")
 DEFAULT_TARGETS = ("x86-cpu-ort", "x86-cpu-openvino")
 BLOCK = 5   # runs per block in the shared rotation
-LABELS = {"fp32": "FP32", "fp16": "FP16", "ort-minmax": "ORT quantize_static (MinMax)"}
+LABELS = {"fp32": "FP32", "fp16": "FP16", "ort-minmax": "ORT quantize_static (MinMax)", "nncf": "NNCF (ONNX backend)",
+          "nncf-ov": "NNCF (OpenVINO IR)", "nncf-ov-transformer": "NNCF transformer preset (OpenVINO IR)"}
 
 
 @dataclass
@@ -265,17 +266,23 @@ def _speedup(latency: dict, key: tuple, reference: tuple) -> dict:
 def _row(v: Variant, t: Target, scores: dict, latency: dict) -> dict:
     row = {"variant": v.name, "kind": v.kind, "target": t.name, "label": LABELS.get(v.name, v.name)}
     built = v.built.get(t.name)
-    reason = v.not_built or _why_not(t)
     if built is None:
-        return {**row, "measured": False, "not_measured": reason}
+        made_for = f"made for {', '.join(v.built)} only" if v.built else None
+        return {**row, "measured": False, "not_measured": v.not_built or t.unavailable() or made_for or _why_not(t)}
     key = (v.name, t.name)
-    row.update(measured=True, artifact=built.path.name, bytes=built.path.stat().st_size,
+    row.update(measured=True, artifact=built.path.name, bytes=_artifact_bytes(built.path),
                ptq_seconds=built.ptq_seconds, **scores.get(key, {}), latency=latency[key],
                **_speedup(latency, key, ("fp32", t.name)))
     if built.bundle is not None:
         row.update(_bundle_fields(built.bundle, t.name))
         row["label"] = _edgeq_label(v.name, row["float_units"], row["units"])
     return row
+
+
+def _artifact_bytes(path: Path) -> int:
+    """The file's size; an OpenVINO IR (.xml) counts its weights file (.bin) too."""
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)
 
 
 def _why_not(t: Target) -> str:
