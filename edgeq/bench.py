@@ -75,7 +75,11 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, r
                                              work / f"{suite_name}-{name}", searches, out_dir / "placements", metric,
                                              seeds if suite_name == "zoo" else 1)
             rows += model_rows
-            _write_model_report(out_dir / "models" / f"{suite_name}-{name}", report)
+            folder = out_dir / "models" / f"{suite_name}-{name}"
+            if recipes is None or not folder.exists():
+                _write_model_report(folder, report)
+            else:   # bench.json merges rows; a model's report is one run's, so a --recipes subset keeps the old
+                ui.log(f"bench: kept {folder} (this run measured only {', '.join(recipes)})")
             markdown = _write_report(out_dir, rows)  # after every model: a crash later keeps what was measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
