@@ -1,13 +1,15 @@
 """``edgeq bench``: models × variants → reports/bench.json and reports/bench.md.
 
-Variants per model: ``fp32`` (ONNX), ``ort-minmax`` (ONNX Runtime's quantize_static, the peer)
-and one row per edgeq recipe, each on every runtime (ONNX Runtime and OpenVINO CPU, ``runtime``
-field). A recipe with latency-aware placement (w8a8) is quantized once per target, because the
-placement is searched per runtime; on the zoo suite it reuses the placement searched on the 224×224
-speed-suite model of the same architecture (the deployment resolution) when that exists.
-Accuracy is a metric (top-1 unless ``--metric`` names another; every row says which) on the bundled
-Fashion-MNIST test set (zoo suite), measured on the exported ONNX in each runtime and, for edgeq recipes,
-also on the bundle's fake-quant torch model (``score_torch``; ``top1_torch`` for top-1).
+Variants per model: ``fp32`` (ONNX), the incumbents — ``ort-minmax`` (ONNX Runtime's quantize_static),
+``nncf`` (NNCF's ONNX backend), ``nncf-ov`` and ``nncf-ov-transformer`` (NNCF's OpenVINO backend, OpenVINO IR,
+OpenVINO rows only; all NNCF rows only where nncf is installed) — and one row per edgeq recipe, each on every
+runtime (ONNX Runtime and OpenVINO CPU, ``runtime`` field). A recipe with latency-aware placement (w8a8)
+gets a placement per target, because the placement is searched per runtime; on the zoo suite it reuses the
+placement searched on the 224×224 speed-suite model of the same architecture (the deployment resolution)
+when that exists. Accuracy is a metric (each test set's own unless ``--metric`` names another: top-1 on the
+bundled Fashion-MNIST test set, digit-string accuracy on the spoken digits; every row says which), measured
+on the exported file in each runtime and, for edgeq recipes, also on the bundle's fake-quant torch model
+(``score_torch``; ``top1_torch`` for top-1).
 Sub-8-bit recipes run on 8-bit kernels with their narrow integer ranges (exact: Clip before
 QuantizeLinear, weights on the narrow grid).
 Latency: batch 1 (and 8 on the speed suite), 2 threads, all variants of a model on both runtimes
@@ -323,13 +325,21 @@ def _merge(path: Path, rows: list[dict]) -> dict:
                                     "all variants of a model on both runtimes measured in alternating blocks of 5 "
                                     "runs in one run (each block after a 20 ms pause and one untimed run, so one "
                                     "runtime's spinning worker threads are not billed to the next); p50",
-                         "accuracy": "top-1 on calib/zoo-test.yaml (the 10,000-image Fashion-MNIST test split) of "
-                                     "the exported ONNX run by the row's runtime, drop against FP32 on that runtime; "
+                         "accuracy": "the test set's own metric on calib/zoo-test.yaml (top-1 on the 10,000-image "
+                                     "Fashion-MNIST test split; ctc-seq, the share of digit strings decoded exactly, "
+                                     "on the 1,000 held-out-voice clips for the speech model) of the exported file run "
+                                     "by the row's runtime, drop against FP32 on that runtime; "
                                      "top1_torch: the bundle's fake-quant torch model on the same images; "
                                      "drop_seeds (with --seeds N): the drop of the recipe quantized with seeds "
                                      "0..N-1, measured the same way, with drop_mean and drop_sd",
                          "ptq_seconds": "edgeq quantize wall time (capture, calibration, reconstruction), "
                                         "2 CPU threads, 256 calibration images (zoo) / 32 (speed)",
+                         "incumbents": "ort-minmax: onnxruntime.quantization.quantize_static (QDQ, MinMax, "
+                                       "per-channel); "
+                                       "nncf: NNCF's default nncf.quantize, ONNX backend (QDQ ONNX, both runtimes); "
+                                       "nncf-ov / nncf-ov-transformer: its OpenVINO backend, default / "
+                                       "model_type=TRANSFORMER, OpenVINO IR with FP32 weights (OpenVINO rows only); "
+                                       "all from edgeq's FP32 ONNX and the same calibration samples",
                          "speedup_vs_fp32": "ORT FP32 p50 / variant p50 of the same model",
                          "speedup_vs_runtime_fp32": "FP32 on the row's runtime / variant, from the paired blocks "
                                                     "of the shared rotation; speedup_interval: its 90 % bootstrap "

@@ -232,5 +232,6 @@ def test_the_runner_transcribes_a_wav_clip_without_edgeq(speech_bundle, tmp_path
     assert sum(heard) >= len(clips) - 2, heard
     (tmp_path / "silent.wav").write_bytes(audio.wav_bytes(np.zeros(16000, np.float32), 16000))
     done = subprocess.run([sys.executable, "-I", str(tmp_path / "edgeq_runner.py"), "--workdir", ".", "predict",
-                           "m.onnx", "--input", "silent.wav"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           "m.onnx", "--input", "silent.wav"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2 and "is silent (digital silence" in done.stderr, done.stderr
