@@ -8,6 +8,7 @@ sample at a time, each at its own length: no padding).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -71,6 +72,8 @@ def nncf_quantize(variant: str, fp32_path: str | Path, out: str | Path, calib) -
     import onnx
     import openvino as ov
 
+    from .runtimes.feeds import example_shapes
+
     start = time.perf_counter()
     items = [arrays[0] for _, arrays in as_samples(calib).groups(1)]
     kind = nncf.ModelType.TRANSFORMER if variant.endswith("transformer") else None
@@ -83,6 +86,9 @@ def nncf_quantize(variant: str, fp32_path: str | Path, out: str | Path, calib) -
         else:
             model = ov.Core().read_model(str(fp32_path))
             quantized = nncf.quantize(model, nncf.Dataset(items), model_type=kind, subset_size=len(items))
+            examples = example_shapes(fp32_path)
+            if examples:   # symbolic axes are timed at the size edgeq exported with (as for its ONNX files)
+                quantized.set_rt_info(json.dumps(examples), "edgeq_input_shapes")
             ov.save_model(quantized, str(out), compress_to_fp16=False)
     return time.perf_counter() - start
 

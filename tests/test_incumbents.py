@@ -7,6 +7,7 @@ import pytest
 from edgeq.baselines import nncf_quantize, ort_minmax
 from edgeq.metrics import compare
 from edgeq.runtimes import ort as ort_cpu
+from edgeq.runtimes.feeds import example_shapes
 from edgeq.samples import Samples
 
 pytest.importorskip("nncf")
@@ -39,6 +40,8 @@ def test_nncf_openvino_backend_writes_an_int8_ir_with_fp32_weights(variant, tiny
     types = [op.get_type_name() for op in model.get_ops()]
     constants = [op.get_output_element_type(0) for op in model.get_ops() if op.get_type_name() == "Constant"]
     assert types.count("FakeQuantize") >= 3 and ov.Type.f16 not in constants   # FP32 weights kept, not fp16
+    # symbolic axes are timed at edgeq's export shape, as for its ONNX files (not at size 1)
+    assert example_shapes(tmp_path / f"{variant}.xml") == example_shapes(tiny_onnx["fp32"]["path"]) is not None
     x = np.load(labelled_npz)["x"]
     ours = OpenvinoSession(tmp_path / f"{variant}.xml", batch=None).run(Samples((x,)))[0]
     assert compare(fp32_outputs(tiny_onnx, x), ours)["cosine"] > 0.99

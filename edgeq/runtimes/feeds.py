@@ -17,14 +17,27 @@ def random_input(path, shape: list, batch: int, seed: int, example: list | None 
 
 
 def example_shapes(path) -> list | None:
-    """The input shapes edgeq exported the model with (ONNX metadata), for its symbolic axes."""
+    """The input shapes edgeq exported the model with (ONNX metadata; an OpenVINO IR made from edgeq's ONNX
+    carries them in its rt_info), for its symbolic axes."""
     import json
 
     import onnx
+    if str(path).endswith(".xml"):
+        return _ir_example_shapes(path)
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props["edgeq_input_shapes"])
     except Exception:  # noqa: BLE001 - a foreign ONNX has no such metadata
+        return None
+
+
+def _ir_example_shapes(path) -> list | None:
+    import json
+    import xml.etree.ElementTree as ElementTree
+    try:
+        entry = ElementTree.parse(str(path)).getroot().find("rt_info/edgeq_input_shapes")
+        return json.loads(entry.get("value")) if entry is not None else None
+    except (OSError, ValueError, ElementTree.ParseError):
         return None
 
 
