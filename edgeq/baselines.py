@@ -8,6 +8,8 @@ sample at a time, each at its own length: no padding).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -94,12 +96,17 @@ def nncf_quantize(variant: str, fp32_path: str | Path, out: str | Path, calib) -
 
 
 class _quiet:
-    """NNCF logs progress bars and INFO lines per call; the bench log keeps edgeq's own lines."""
+    """NNCF logs INFO lines and draws progress bars on stdout per call: silenced, so that ``--json`` output stays
+    JSON and the bench log keeps edgeq's own lines."""
 
     def __enter__(self):
         self.logger = logging.getLogger("nncf")
         self.level = self.logger.level
         self.logger.setLevel(logging.ERROR)
+        self.streams = contextlib.ExitStack()
+        self.streams.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        self.streams.enter_context(contextlib.redirect_stderr(io.StringIO()))
 
     def __exit__(self, *exc):
+        self.streams.close()
         self.logger.setLevel(self.level)

@@ -70,8 +70,11 @@ def test_demo_writes_report(tmp_path):
 def test_bench_one_zoo_model(tmp_path):
     result = edgeq("bench", "--suite", "zoo", "--models", "mobilevit_xxs", "--recipes", "w8a8-fast",
                    "--eval-limit", "1000", "--runs", "20", "--seeds", "2", "--out-dir", tmp_path)
+    from edgeq.baselines import nncf_missing
+    nncf = set() if nncf_missing() else {("nncf", "ort"), ("nncf", "openvino"), ("nncf-ov", "openvino"),
+                                         ("nncf-ov-transformer", "openvino")}   # IR rows: OpenVINO only
     assert {(r["variant"], r["runtime"]) for r in result["rows"]} == {
-        (v, rt) for v in ("fp32", "ort-minmax", "w8a8-fast") for rt in ("ort", "openvino")}
+        (v, rt) for v in ("fp32", "ort-minmax", "w8a8-fast") for rt in ("ort", "openvino")} | nncf
     assert all(r["eval_samples"] == 1000 and r["drop_pp"] is not None for r in result["rows"])
     for row in result["rows"]:   # seed 0 is the row's own artifact; seed 1 a second quantization
         seeded = row["variant"] == "w8a8-fast"
@@ -82,5 +85,5 @@ def test_bench_one_zoo_model(tmp_path):
     assert " ± " in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.md").read_text().startswith("# edgeq bench")
     report = json.loads((tmp_path / "models" / "zoo-mobilevit_xxs" / "report.json").read_text())
-    assert report["schema"] == "edgeq.report/1" and len(report["rows"]) == 6
+    assert report["schema"] == "edgeq.report/1" and len(report["rows"]) == 6 + (2 * 3 if nncf else 0)
     assert (tmp_path / "models" / "zoo-mobilevit_xxs" / "report.html").is_file()
