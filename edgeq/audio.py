@@ -76,7 +76,7 @@ def log_mel(audio: np.ndarray, f: Features = DEFAULT) -> np.ndarray:
         raise AudioError(f"the clip is {len(audio) / f.sample_rate * 1000:.0f} ms long, shorter than one "
                          f"{f.window / f.sample_rate * 1000:.0f} ms analysis window.")
     index = np.arange(f.window)[None, :] + f.hop * np.arange(count)[:, None]
-    frames = audio[index] * np.hanning(f.window + 2)[1:-1].astype(np.float32)   # periodic-free, no zero ends
+    frames = audio[index] * np.hanning(f.window + 2)[1:-1].astype(np.float32)   # Hann without its zero ends
     power = np.abs(np.fft.rfft(frames, n=f.n_fft, axis=1)) ** 2
     mel = np.log(power.astype(np.float32) @ mel_filters(f).T + f.floor)
     return (mel - mel.mean(axis=0, keepdims=True)).astype(np.float32)
@@ -116,14 +116,11 @@ def _pcm(raw: bytes, width: int, channels: int, path) -> np.ndarray:
     return data.reshape(-1, channels)
 
 
-def prepare_clip(audio: np.ndarray, rate: int, source: str, f: Features = DEFAULT,
-                 channels: str = "mix") -> np.ndarray:
-    """A mono clip at ``f.sample_rate``: several channels are mixed down (``channels="mix"``) or refused
-    (``"refuse"``); another sample rate is resampled (needs scipy); an empty or silent clip is refused."""
+def prepare_clip(audio: np.ndarray, rate: int, source: str, f: Features = DEFAULT) -> np.ndarray:
+    """A mono clip at ``f.sample_rate``: several channels are mixed down, another sample rate is resampled
+    (needs scipy); an empty or silent clip is refused."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 2 and audio.shape[1] > 1:
-        if channels == "refuse":
-            raise AudioError(f"{source} has {audio.shape[1]} channels; the model takes mono audio.")
         audio = audio.mean(axis=1)
     audio = audio.reshape(-1)
     if audio.size == 0:

@@ -20,8 +20,24 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
 
+class _Trained:
+    """A zoo model's files: the checkpoint and, next to it, its training record (accuracy, time, seed)."""
+    name: str
+
+    @property
+    def checkpoint(self) -> Path:
+        return ZOO_DIR / f"{self.name}.pt"
+
+    @property
+    def card(self) -> Path:
+        return ZOO_DIR / f"{self.name}.json"
+
+    def training_record(self) -> dict:
+        return json.loads(self.card.read_text()) if self.card.exists() else {}
+
+
 @dataclass(frozen=True)
-class ZooEntry:
+class ZooEntry(_Trained):
     name: str
     timm_name: str
     input_size: int = 32
@@ -36,22 +52,10 @@ class ZooEntry:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, self.in_chans, self.input_size, self.input_size)
 
-    @property
-    def checkpoint(self) -> Path:
-        return ZOO_DIR / f"{self.name}.pt"
-
-    @property
-    def card(self) -> Path:
-        """Training record written next to the checkpoint (accuracy, time, seed)."""
-        return ZOO_DIR / f"{self.name}.json"
-
     def create_kwargs(self) -> dict:
         kwargs = dict(num_classes=self.num_classes, in_chans=self.in_chans)
         kwargs.update(self.timm_kwargs)
         return kwargs
-
-    def training_record(self) -> dict:
-        return json.loads(self.card.read_text()) if self.card.exists() else {}
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -72,25 +76,14 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class SpeechEntry:
+class SpeechEntry(_Trained):
     """A speech model of the zoo: plain-torch Conformer-CTC on log-mel features (``edgeq.audio``)."""
     name: str
     charset: str = "digits.txt"   # CTC symbols in class order after the blank (class 0)
 
     @property
-    def checkpoint(self) -> Path:
-        return ZOO_DIR / f"{self.name}.pt"
-
-    @property
-    def card(self) -> Path:
-        return ZOO_DIR / f"{self.name}.json"
-
-    @property
     def charset_path(self) -> Path:
         return ZOO_DIR / "data" / self.charset
-
-    def training_record(self) -> dict:
-        return json.loads(self.card.read_text()) if self.card.exists() else {}
 
     def build(self):
         from .conformer import ConformerCTC
