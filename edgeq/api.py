@@ -94,14 +94,15 @@ def _targets_and_placements(target, placement_from) -> tuple[tuple[str, ...], di
     return tuple(placements), placements
 
 
-def _export_int8(q, decisions, data, path: Path) -> Path:
-    """The model as decided so far, as the int8 QDQ ONNX the placement search starts from."""
+def _export_int8(q, decisions, data, path: Path, target: str) -> Path:
+    """The model as decided so far, as the int8 QDQ ONNX (in ``target``'s graph form) the placement search
+    starts from."""
     import tempfile
 
     from .quant.pipeline import write_quantized
     with tempfile.TemporaryDirectory(prefix="edgeq-candidate-", dir=path.parent) as tmp:
         write_quantized(q, Path(tmp) / "b.edgeq", 0, data, "cpu", decisions)
-        export(Path(tmp) / "b.edgeq", "onnx", path, precision="int8")
+        export(Path(tmp) / "b.edgeq", "onnx", path, precision="int8", target=target)
     return path
 
 

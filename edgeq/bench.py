@@ -141,11 +141,9 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
         bundle = work / f"{recipe}.edgeq"
         q = api.quantize(spec, ZOO_CALIB, recipe, bundle, calib_size=calib_size, **short,
                          **_placement_args(suite, name, searches[recipe], placements))
-        for runtime in RUNTIMES:
-            tag = f"{recipe}-{runtime}" if searches[recipe] else recipe
-            if not (work / f"{tag}.onnx").exists():
-                api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8",
-                           target=TARGET_OF[runtime] if searches[recipe] else None)
+        for runtime in RUNTIMES:   # each runtime gets its own graph form (and placement, where searched)
+            tag = f"{recipe}-{runtime}"
+            api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8", target=TARGET_OF[runtime])
             made[f"{tag}.onnx"] = {"iterations": SPEED_ITERS if short else None, "fallback": q["fallback"],
                                    "bundle": bundle, "target": TARGET_OF[runtime]}
             variant.built[TARGET_OF[runtime]] = Built(work / f"{tag}.onnx", q["ptq_seconds"], bundle)
@@ -215,12 +213,14 @@ def _seed_spread(spec: str, recipes: list[str], seeds: int, work: Path, fp32, ta
     for recipe in recipes:
         runs = [Variant(f"{recipe}@seed{seed}", "edgeq") for seed in range(seeds)]
         for seed, variant in enumerate(runs):
-            artifact = work / (f"{recipe}.onnx" if seed == 0 else f"{recipe}-seed{seed}.onnx")
+            artifacts = {t.name: work / (f"{recipe}-{t.runtime}.onnx" if seed == 0
+                                         else f"{recipe}-seed{seed}-{t.runtime}.onnx") for t in targets}
             if seed:
                 bundle = work / f"{recipe}-seed{seed}.edgeq"
                 api.quantize(spec, ZOO_CALIB, recipe, bundle, seed=seed, latency_search=False)
-                api.export(bundle, "onnx", artifact, precision="int8")
-            variant.built = {t.name: Built(artifact) for t in targets}
+                for t in targets:   # each runtime's graph form
+                    api.export(bundle, "onnx", artifacts[t.name], precision="int8", target=t.name)
+            variant.built = {t.name: Built(artifacts[t.name]) for t in targets}
         ui.log(f"bench: {recipe} seeds 0..{seeds - 1} on {spec} evaluated")
         scores = score_variants([fp32, *runs], targets, ZOO_TEST, eval_limit, metric)
         for t in targets:

@@ -375,8 +375,13 @@ def _print_profile(r: dict) -> None:
                    f"load {b['load_seconds']} s)")
     for warning in (r.get("device_state") or {}).get("warnings", []):
         click.echo(f"warning: {warning}")
-    for op, info in (r.get("ops") or {}).items():
-        click.echo(f"  {info['ms']:8.3f} ms  {info['nodes']:4d} x  {op}")
+    ops = r.get("ops") or {}
+    if ops:
+        total = sum(info["ms"] for info in ops.values()) or 1.0
+        in_int8 = sum(info["ms"] for info in ops.values() if info.get("int8") == "yes")
+        click.echo(f"  per op type ({in_int8 / total:.0%} of op time in int8 kernels):")
+    for op, info in ops.items():
+        click.echo(f"  {info['ms']:8.3f} ms  {info['nodes']:4d} x  int8 {info.get('int8', '?'):4s}  {op}")
 
 
 @main.command()

@@ -44,6 +44,11 @@ class Target:
     def plugin(self) -> Runtime:
         return get_runtime(self.runtime)
 
+    @property
+    def qdq_form(self) -> str:
+        """The int8 ONNX graph form exported for this target (its runtime's)."""
+        return self.plugin.qdq_form
+
     def unavailable(self) -> str | None:
         """Why this target cannot be measured from here, or None."""
         if self.reach == "none":

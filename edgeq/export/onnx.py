@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from .. import __version__, ui
-from ..bundle import Bundle, float_graph, quantized_graph, read_bundle
+from ..bundle import Bundle, float_graph, placement_targets, quantized_graph, read_bundle
 from ..errors import ArtifactError, OutputError
 from ..fsutil import atomic_path
 from ..metrics import compare_outputs
@@ -32,6 +32,7 @@ from ..trace.capture import dynamic_shapes
 from . import graph_extras
 from .artifact import artifact_record, check_outputs, placement_fields, sidecar_path, write_sidecar
 from .fusion_check import check_fused_groups
+from .openvino_form import openvino_form
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -41,17 +42,20 @@ MIN_OPSET = 17
 def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8", opset: int = 18,
                 force: bool = False, dynamic_batch: bool = False, simplify: bool = False,
                 target: str | None = None) -> dict:
-    """``target``: whose latency placement the int8 model carries (None: the bundle's default target's)."""
+    """``target``: whose latency placement and int8 graph form the model carries (None: the bundle's default
+    target's). The form is the target runtime's ``qdq_form``: ``ort`` (edgeq's quantizers as they are) or
+    ``openvino`` (plus the edges OpenVINO runs in int8, ``openvino_form``)."""
     if precision not in PRECISIONS:
         raise ArtifactError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if opset < MIN_OPSET:
         raise ArtifactError(f"--opset must be at least {MIN_OPSET} for QDQ export, got {opset}.")
     out = check_outputs(out, force)
     bundle = read_bundle(bundle_path, target)
+    form = qdq_form(bundle, target) if precision == "int8" else None
     gm = quantized_graph(bundle) if precision == "int8" else float_graph(bundle)
     with atomic_path(out) as tmp:
-        with ui.status(f"exporting {precision} ONNX"):
-            model, passes = _export(gm, bundle, tmp, precision, opset)
+        with ui.status(f"exporting {precision} ONNX" + (f" ({form} form)" if form else "")):
+            model, passes = _export(gm, bundle, tmp, precision, opset, form or "ort")
         onnx.save(model, str(tmp))
         if dynamic_batch and not bundle.manifest["dynamic_batch"]:
             passes["batch_axis_made_dynamic"] = graph_extras.make_batch_dynamic(tmp, bundle.samples)
@@ -63,13 +67,27 @@ def export_onnx(bundle_path: str | Path, out: str | Path, precision: str = "int8
         quantized = precision == "int8"
         record = artifact_record(
             out, tmp, "onnx", precision, bundle, bundle_path, quantized,
-            {**fidelity, "reference": "torch fake-quant model" if quantized else "torch float model"},
+            {**fidelity, "reference": _reference(precision, passes)}, qdq_form=form,
             opset=opset, inputs=[s.to_dict() for s in bundle.input_specs], outputs=bundle.output_names,
             dynamic_batch=bundle.manifest["dynamic_batch"] or dynamic_batch,
             lengths_checked=_lengths_checked(bundle), op_counts=count_ops(model), passes=passes,
             **placement_fields(bundle, quantized))
         write_sidecar(out, record)
     return record
+
+
+def qdq_form(bundle: Bundle, target: str | None) -> str:
+    """The int8 graph form ``target`` (None: the bundle's default target) runs best."""
+    from ..target import DEFAULT_TARGET, get_target
+    name = target or next(iter(placement_targets(bundle.manifest)), DEFAULT_TARGET)
+    return get_target(name).qdq_form
+
+
+def _reference(precision: str, passes: dict) -> str:
+    if precision != "int8":
+        return "torch float model"
+    added = passes.get("openvino_quantizers_added")
+    return "torch fake-quant model" + (f" (without the {added} quantizers the openvino form adds)" if added else "")
 
 
 def _lengths_checked(bundle: Bundle) -> list[int] | None:
@@ -85,7 +103,8 @@ def _batch(bundle: Bundle) -> int:
 def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
             runtime: str = "ort") -> tuple[onnx.ModelProto, dict]:
     """torch's ONNX export plus the integer passes; ``runtime="tensorrt"`` leaves activations signed and
-    biases in float (what TensorRT's explicit quantization takes), for ``export.tensorrt`` to finish."""
+    biases in float (what TensorRT's explicit quantization takes), for ``export.tensorrt`` to finish;
+    ``runtime="openvino"`` adds the quantized edges OpenVINO fuses (``openvino_form``)."""
     dynamic = bundle.manifest["dynamic_batch"]
     specs = bundle.input_specs
     n = 2 if dynamic else bundle.input_shape[0]
@@ -107,10 +126,12 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
     passes = {}
     if precision == "int8":
         passes["weights_folded_to_int"] = fold_weight_quantizers(model)
-        if runtime == "ort":
+        if runtime in ("ort", "openvino"):
             passes["biases_quantized_to_int32"] = quantize_biases(model)
             passes["activations_made_unsigned"] = unsigned_activations(model)
             check_fused_groups(model)  # a sentence now, not an ONNX Runtime failure at the first run
+        if runtime == "openvino":
+            passes.update(openvino_form(model, bundle.samples, _batch(bundle)))
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         with warnings.catch_warnings():
@@ -119,6 +140,7 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
         toposort(model)
         passes["float16"] = True
     meta = {"edgeq_version": __version__, "edgeq_precision": precision,
+            **({"edgeq_qdq_form": runtime} if precision == "int8" else {}),
             "edgeq_model": bundle.manifest["model"]["spec"],
             "edgeq_input_shapes": json.dumps([list(s.shape) for s in specs]), **_runner_metadata(bundle)}
     for key, value in meta.items():

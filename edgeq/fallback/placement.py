@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from .. import ui
+from ..export import openvino_form
 from ..fsutil import write_text_atomic
 from ..profile.latency import Ratio
 from ..target import get_target
@@ -38,8 +39,9 @@ PAIR_BUDGET_MS = 2500.0
 
 
 def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, batch: int = 1) -> dict:
-    """``int8_path``: the QDQ export with every unit in int8. The FP32 reference is the same graph with every
-    unit floated by surgery (the float model's graph, weights dequantized: same latency, no second export)."""
+    """``int8_path``: the QDQ export with every unit in int8, in the target's graph form (the search places
+    units of that form). The FP32 reference is the same graph with every unit floated by surgery (the float
+    model's graph, weights dequantized: same latency, no second export)."""
     start = time.perf_counter()
     timer = Timer(target, threads, batch)
     int8 = onnx.load(str(int8_path))
@@ -49,7 +51,10 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
         def build(floated: set[str]) -> Path:
             began = time.perf_counter()
             path = Path(tmp) / f"c{len(build_seconds)}.onnx"
-            onnx.save(float_units(int8, floated, {n for u in floated for n in layers[u]}), str(path))
+            model = float_units(int8, floated, {n for u in floated for n in layers[u]})
+            if floated == all_units:   # the FP32 reference: without the quantizers a graph form adds, too
+                openvino_form.strip(model)
+            onnx.save(model, str(path))
             build_seconds.append(time.perf_counter() - began)
             return path
 

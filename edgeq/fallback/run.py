@@ -158,8 +158,8 @@ class FallbackRun:
     targets: tuple[str, ...] = (DEFAULT_TARGET,)   # a placement per target; the first is the bundle's default
     latency_search: bool | None = None   # None: the recipe decides
     placements: dict | None = None       # placements found earlier (read_placements), applied instead of a search
-    # writes the model as decided so far as an int8 QDQ ONNX: export_int8(q, decisions, data, path). The caller
-    # passes it in, so this stage never calls back up into the pipeline or the exporter that drive it.
+    # writes the model as decided so far as target's int8 QDQ ONNX: export_int8(q, decisions, data, path,
+    # target). The caller passes it in, so this stage never calls back up into the pipeline or the exporter that drive it.
     export_int8: Callable | None = None
     _budget_metric: budget_search.BudgetMetric | None = field(default=None, init=False, repr=False)
 
@@ -311,12 +311,13 @@ def _placement(q, data: Dataset, units: list[Unit], result: FallbackResult, targ
     live = [u for u in units if u.name not in result.reverted_units]
     if not live:
         return {"target": target, "verdict": "nothing left in int8 to place", "steps": [], "floated_units": []}
-    int8, export_seconds = work / "int8.onnx", 0.0
+    # one int8 export per graph form, shared by the targets that run it (the form decides what can be int8)
+    int8, export_seconds = work / f"int8-{get_target(target).qdq_form}.onnx", 0.0
     if not int8.exists():
         started = time.perf_counter()
         provisional = FallbackResult(reverted_units=dict(result.reverted_units), report=dict(result.report))
         with ui.quiet():
-            export_int8(q, provisional, data, int8)
+            export_int8(q, provisional, data, int8, target)
         export_seconds = time.perf_counter() - started
     renamed, _ = drop_units(q.float_graph(), q.records, q.act_qparams(), set(result.reverted_units))
     to_new = {u.name: renamed[u.layers[0]].act_module for u in live}

@@ -83,6 +83,7 @@ class Runtime(ABC):
     package: str | None = None     # the Python package it needs, and how to install it
     install: str = ""
     also_reads: tuple[str, ...] = ()   # artifact forms it runs besides its own
+    qdq_form: str = "ort"   # the int8 ONNX graph form it fuses best (export.onnx: "ort" | "openvino")
 
     def available(self) -> str | None:
         """Why this runtime cannot run here, or None when it can."""

@@ -7,6 +7,7 @@ from ONNX Runtime's; edgeq searches it separately.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ class OpenvinoRuntime(Runtime):
     form = ArtifactForm("onnx", "int8")
     package, install = "openvino", 'pip install "edgeq[openvino]"'
     also_reads = ("tensorrt",)   # a TensorRT export folder holds a QDQ model.onnx
+    qdq_form = "openvino"   # attention matmuls, residual adds and pooling in int8 too (export.openvino_form)
 
     def versions(self) -> dict:
         ov = _openvino()
@@ -107,8 +109,16 @@ def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int =
             key = (info.node_type, info.exec_type)
             totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000.0 / runs
             counts[key] = counts.get(key, 0) + 1
-    return {f"{t} [{k}]": {"ms": round(ms, 3), "nodes": counts[(t, k)] // runs, "kernel": k}
+    return {f"{t} [{k}]": {"ms": round(ms, 3), "nodes": counts[(t, k)] // runs, "kernel": k, "int8": int8_ran(t, k)}
             for (t, k), ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def int8_ran(node_type: str, kernel: str) -> str:
+    """``yes`` when the CPU plugin's kernel ran on int8 data (its exec type ends in ``I8``/``U8``), ``q/dq`` for
+    a FakeQuantize left standing (it runs in f32), ``no`` otherwise."""
+    if node_type == "FakeQuantize":
+        return "q/dq"
+    return "yes" if re.search(r"(^|_)[IU]8$", kernel, re.IGNORECASE) else "no"
 
 
 RUNTIME = OpenvinoRuntime()

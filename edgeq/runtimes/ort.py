@@ -95,8 +95,20 @@ def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int =
         entry = totals.setdefault(op, {"ms": 0.0, "nodes": set()})
         entry["ms"] += e["dur"] / 1000.0 / runs
         entry["nodes"].add(e["name"])
-    return {op: {"ms": round(v["ms"], 3), "nodes": len(v["nodes"]), "kernel": op}
+    return {op: {"ms": round(v["ms"], 3), "nodes": len(v["nodes"]), "kernel": op, "int8": int8_ran(op)}
             for op, v in sorted(totals.items(), key=lambda kv: -kv[1]["ms"])}
+
+
+# What ONNX Runtime's CPU EP runs after its QDQ fusions (qdq_selector_action_transformer.cc): an int8 group
+# becomes one of these kernels; a Q or DQ left standing means the ops around it run in float.
+INT8_KERNELS = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "QAttention", "QEmbed")
+
+
+def int8_ran(op: str) -> str:
+    """``yes`` for an integer kernel, ``q/dq`` for a (de)quantization left standing, ``no`` for float."""
+    if op.startswith(INT8_KERNELS):
+        return "yes"
+    return "q/dq" if op in ("QuantizeLinear", "DequantizeLinear") else "no"
 
 
 RUNTIME = OrtRuntime()

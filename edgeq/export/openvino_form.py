@@ -1,0 +1,172 @@
+"""The int8 graph form OpenVINO's CPU plugin fuses best, made from edgeq's QDQ export.
+
+edgeq quantizes the inputs of convolutions and linear layers (what every runtime runs in int8). OpenVINO
+can run more in int8, but only where a FakeQuantize (an ONNX Q→DQ pair) sits on the right edges. The rules,
+from OpenVINO 2026.4's low-precision transformations (LPT: src/common/low_precision_transformations,
+markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4 does for the same plugin:
+
+- **Activation × activation MatMul** (attention's Q·Kᵀ and softmax·V) runs in int8 only with a quantizer on
+  BOTH inputs: input 0 u8 or i8 without a zero-point, input 1 signed symmetric i8. With both, the CPU plugin
+  fuses the whole attention (MatMul-Softmax-MatMul) into one int8 "Subgraph" (Snippets MHA); with either input
+  float it stays f32. So: symmetric quantizers here, i8 for signed ranges, u8 with zero-point 0 for
+  non-negative ones (the softmax output).
+- **Add of two activations** (residual): LPT moves the dequantization after the Add and runs it on int8 data;
+  a FakeQuantize on the Add's output then fuses into the producing op (an int8 Eltwise), so the residual
+  stream stays int8 between blocks. A tensor that already has edgeq's quantizer (it feeds a linear layer)
+  reuses it: two different quantizers on one tensor cannot fuse and both run as f32 FakeQuantize nodes.
+- **ReduceMean / GlobalAveragePool** (the classifier's pooling) reduces int8 data with a quantized input.
+- **Data-movement ops are transparent**: LPT propagates dequantization through Reshape, Transpose, Split,
+  Squeeze/Unsqueeze, Flatten, Slice and Gather ("precision preserved"), and NNCF propagates its quantizers up
+  through them. A quantizer is moved above such an op when every edge below it is quantized anyway: the
+  qkv linear's output then carries one quantizer, fused into the linear (an int8 FullyConnected output),
+  instead of three f32 FakeQuantize nodes after its split.
+- **Never int8 in OpenVINO**: Softmax, GELU, SiLU/Swish, Sigmoid, Exp, Divide, and LayerNorm's statistics;
+  a quantizer whose only consumers are these is pure overhead, so none is added there (NNCF's transformer
+  preset leaves them float for the same reason).
+- Convolutions keep edgeq's unsigned activations: OpenVINO's int8 convolution takes u8 input on CPUs
+  without AMX (a signed input is shifted to u8 with a zero-point, slower). Depthwise convolutions can be
+  slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
+  ones is a latency question the placement search answers on this form, not a fixed rule.
+
+The added quantizers' ranges are min/max of the tensor over the bundle's calibration samples, run through the
+int8 model itself (so each range sees the quantization error upstream of it). Their nodes are named
+``edgeq_ov_*`` so the placement search can take them out for its FP32 reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..samples import Samples
+from .qdq import GraphIndex
+
+PREFIX = "edgeq_ov_"
+MOVERS = frozenset({"Reshape", "Transpose", "Split", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather"})
+POOLS = frozenset({"ReduceMean", "GlobalAveragePool"})
+_NOT_ACTIVATIONS = frozenset({"DequantizeLinear", "QuantizeLinear", "Constant", "Shape"})
+
+
+def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16) -> dict:
+    """Add OpenVINO's extra int8 edges to ``model`` (in place); returns the counts for the sidecar."""
+    g = GraphIndex(model)
+    edges = _propagated(g, _wanted_edges(g))
+    by_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node, k in edges:
+        by_tensor.setdefault(node.input[k], []).append((node, k))
+    shared = {t: dq for t in by_tensor if (dq := _existing_quantizer(g, t)) is not None}
+    fresh = [t for t in by_tensor if t not in shared]
+    ranges = _calibrate(model, fresh, samples, batch_size) if fresh else {}
+    inserted = {t: _insert_quantizer(g, t, k, *ranges[t]) for k, t in enumerate(fresh)}
+    for tensor, uses in by_tensor.items():
+        for node, k in uses:
+            node.input[k] = shared[tensor] if tensor in shared else inserted[tensor][1].output[0]
+    _insert_in_order(model, inserted)
+    return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared)}
+
+
+def _is_activation(g: GraphIndex, tensor: str) -> bool:
+    producer = g.producer.get(tensor)
+    return bool(tensor) and tensor not in g.inits and (producer is None or producer.op_type not in _NOT_ACTIVATIONS)
+
+
+def _wanted_edges(g: GraphIndex) -> set[tuple[int, int]]:
+    """(node id, input index) of every edge the rules above want quantized."""
+    edges = set()
+    for node in g.graph.node:
+        both = len(node.input) >= 2 and all(_is_activation(g, t) for t in node.input[:2])
+        if node.op_type in ("MatMul", "Add") and both:
+            edges |= {(id(node), 0), (id(node), 1)}
+        elif node.op_type in POOLS and _is_activation(g, node.input[0]):
+            edges.add((id(node), 0))
+    return edges
+
+
+def _propagated(g: GraphIndex, edges: set[tuple[int, int]]) -> list[tuple[onnx.NodeProto, int]]:
+    """Move quantizers above data-movement ops whose every output edge is quantized, until none moves."""
+    moved = True
+    while moved:
+        moved = False
+        for node in g.graph.node:
+            if node.op_type not in MOVERS or (id(node), 0) in edges or not _is_activation(g, node.input[0]):
+                continue
+            below = {(id(user), k) for out in node.output for user in g.consumers.get(out, [])
+                     for k, name in enumerate(user.input) if name == out}
+            if below and below <= edges:
+                edges = (edges - below) | {(id(node), 0)}
+                moved = True
+    by_id = {id(n): n for n in g.graph.node}
+    return sorted(((by_id[i], k) for i, k in edges), key=lambda e: (e[0].name, e[1]))
+
+
+def _existing_quantizer(g: GraphIndex, tensor: str) -> str | None:
+    """The DequantizeLinear output of edgeq's own quantizer of ``tensor``, if it has one."""
+    for q in g.consumers.get(tensor, []):
+        if q.op_type == "QuantizeLinear" and q.input[0] == tensor:
+            dq = next((d for d in g.consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"), None)
+            if dq is not None:
+                return dq.output[0]
+    return None
+
+
+def _calibrate(model: onnx.ModelProto, tensors: list[str], samples: Samples,
+               batch_size: int) -> dict[str, tuple[float, float]]:
+    """min/max of each tensor over the samples, from the int8 model run in ONNX Runtime."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    fixed = session.get_inputs()[0].shape[0]
+    fixed = fixed if isinstance(fixed, int) else None
+    low = dict.fromkeys(tensors, 0.0)
+    high = dict.fromkeys(tensors, 0.0)
+    for _, arrays in samples.groups(fixed or batch_size):
+        if fixed:   # a fixed batch axis: a short last batch repeats its samples (min/max do not change)
+            arrays = tuple(np.resize(a, (fixed, *a.shape[1:])) for a in arrays)
+        for t, value in zip(tensors, session.run(tensors, dict(zip(names, arrays)))):
+            low[t], high[t] = min(low[t], float(value.min())), max(high[t], float(value.max()))
+    return {t: (low[t], high[t]) for t in tensors}
+
+
+def _insert_quantizer(g: GraphIndex, tensor: str, k: int, low: float, high: float) -> list[onnx.NodeProto]:
+    """A symmetric Q→DQ pair for ``tensor`` (i8 for a signed range, u8 from zero otherwise)."""
+    if low < 0:
+        scale, zero = max(-low, high) / 127.0, np.array(0, np.int8)
+    else:
+        scale, zero = high / 255.0, np.array(0, np.uint8)
+    scale_name = g.add_init(f"{PREFIX}{k}_scale", np.array(max(scale, 1e-12), np.float32))
+    zero_name = g.add_init(f"{PREFIX}{k}_zero_point", zero)
+    q = helper.make_node("QuantizeLinear", [tensor, scale_name, zero_name], [f"{PREFIX}{k}_q"], name=f"{PREFIX}q{k}")
+    dq = helper.make_node("DequantizeLinear", [q.output[0], scale_name, zero_name], [f"{PREFIX}{k}_dq"],
+                          name=f"{PREFIX}dq{k}")
+    return [q, dq]
+
+
+def _insert_in_order(model: onnx.ModelProto, pairs: dict[str, list[onnx.NodeProto]]) -> None:
+    """Each tensor's Q/DQ pair right after the node producing it (a graph input's first): topological order."""
+    ordered = [n for t in (i.name for i in model.graph.input) for n in pairs.get(t, [])]
+    for node in model.graph.node:
+        ordered.append(node)
+        ordered += [n for out in node.output for n in pairs.get(out, [])]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def strip(model: onnx.ModelProto) -> int:
+    """Take the added quantizers out again (the FP32 reference of the placement search); returns how many."""
+    g = GraphIndex(model)
+    dqs = [n for n in model.graph.node if n.name.startswith(PREFIX + "dq")]
+    for dq in dqs:
+        source = g.producer[dq.input[0]].input[0]
+        for user in g.consumers.get(dq.output[0], []):
+            for k, name in enumerate(user.input):
+                if name == dq.output[0]:
+                    user.input[k] = source
+    kept = [n for n in model.graph.node if not n.name.startswith(PREFIX)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(dqs)

@@ -1,0 +1,109 @@
+"""The int8 graph form for OpenVINO: the extra quantized edges are where OpenVINO's rules want them, OpenVINO
+really runs those ops in int8 (its compiled model says so), and the numbers stay close to the ORT form."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeq import api
+from edgeq.export import openvino_form
+from edgeq.export.qdq import GraphIndex
+from edgeq.metrics import compare
+from edgeq.runtimes import ort as ort_cpu
+from edgeq.samples import Samples
+
+ov = pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def forms(tiny_bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forms")
+    return {form: api.export(tiny_bundle, "onnx", folder / f"{form}.onnx", precision="int8", target=target)
+            for form, target in (("ort", "x86-cpu-ort"), ("openvino", "openvino-cpu"))}
+
+
+def _model(record) -> onnx.ModelProto:
+    return onnx.load(record["path"])
+
+
+def _dq_input(g: GraphIndex, tensor: str) -> onnx.NodeProto | None:
+    """The DequantizeLinear feeding ``tensor``, looking through data-movement ops as OpenVINO does."""
+    producer = g.producer.get(tensor)
+    while producer is not None and producer.op_type in openvino_form.MOVERS:
+        producer = g.producer.get(producer.input[0])
+    return producer if producer is not None and producer.op_type == "DequantizeLinear" else None
+
+
+def _is_weight(g: GraphIndex, tensor: str) -> bool:
+    dq = _dq_input(g, tensor)
+    return tensor in g.inits or (dq is not None and dq.input[0] in g.inits)
+
+
+def _attention_matmuls(g: GraphIndex) -> list[onnx.NodeProto]:
+    return [n for n in g.graph.node if n.op_type == "MatMul" and not any(_is_weight(g, t) for t in n.input)]
+
+
+def test_attention_matmuls_get_symmetric_quantizers_on_both_inputs(forms):
+    g = GraphIndex(_model(forms["openvino"]))
+    assert len(_attention_matmuls(g)) == 2, "the tiny hybrid's attention: Q·Kᵀ and softmax·V"
+    for node in _attention_matmuls(g):
+        dqs = [_dq_input(g, t) for t in node.input]
+        assert all(dqs), f"{node.name}: both inputs quantized"
+        zero_points = [g.array(dq.input[2]) for dq in dqs]
+        assert all(int(z) == 0 for z in zero_points)       # no zero-point: what OpenVINO's int8 MatMul takes
+    ort_graph = GraphIndex(_model(forms["ort"]))
+    for node in _attention_matmuls(ort_graph):   # edgeq's own quantizers stop at conv/linear inputs
+        assert not all(_dq_input(ort_graph, t) for t in node.input)
+
+
+def test_the_form_is_recorded_and_close_to_the_ort_form(forms, labelled_npz):
+    record = forms["openvino"]
+    assert record["qdq_form"] == "openvino" and forms["ort"]["qdq_form"] == "ort"
+    assert record["passes"]["openvino_quantizers_added"] > 0
+    meta = {p.key: p.value for p in _model(record).metadata_props}
+    assert meta["edgeq_qdq_form"] == "openvino"
+    assert json.loads(open(record["path"] + ".json").read())["qdq_form"] == "openvino"
+    x = np.load(labelled_npz)["x"]
+    outs = {f: ort_cpu.run(ort_cpu.session(r["path"]), Samples((x,)))[0] for f, r in forms.items()}
+    assert compare(outs["ort"], outs["openvino"])["cosine"] > 0.99
+    assert record["fidelity_vs_torch"]["cosine"] > 0.99
+
+
+def _int8_layers(path) -> dict[str, int]:
+    """Layer type -> how many of them OpenVINO's compiled CPU model runs in i8/u8."""
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["runtimePrecision"].astype(str) in ("i8", "u8"):
+            kind = info["layerType"].astype(str)
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def test_openvino_runs_more_of_the_openvino_form_in_int8(forms):
+    ort_form, ov_form = _int8_layers(forms["ort"]["path"]), _int8_layers(forms["openvino"]["path"])
+    # the attention (a fused Subgraph or its MatMuls) and the residual adds run on int8 data only in this form
+    attention = ("Subgraph", "MatMul")
+    assert sum(ov_form.get(k, 0) for k in attention) > sum(ort_form.get(k, 0) for k in attention)
+    assert ov_form.get("Eltwise", 0) > ort_form.get("Eltwise", 0)
+
+
+def test_strip_gives_back_the_ort_form_graph(forms):
+    model = _model(forms["openvino"])
+    added = forms["openvino"]["passes"]["openvino_quantizers_added"]
+    assert openvino_form.strip(model) == added
+    ops = [n.op_type for n in model.graph.node]
+    ort_ops = [n.op_type for n in _model(forms["ort"]).graph.node]
+    assert sorted(ops) == sorted(ort_ops)
+
+
+def test_profile_ops_says_which_ops_ran_in_int8(forms):
+    result = api.profile(forms["openvino"]["path"], target="openvino-cpu", runs=5, warmup=1, ops=True)
+    ran = {info["int8"] for info in result["ops"].values()}
+    assert "yes" in ran and ran <= {"yes", "no", "q/dq"}
+    result = api.profile(forms["ort"]["path"], target="x86-cpu-ort", runs=5, warmup=1, ops=True)
+    kernels = {op: info["int8"] for op, info in result["ops"].items()}
+    assert kernels.get("QLinearConv") == "yes" and all(v in ("yes", "no", "q/dq") for v in kernels.values())
