@@ -148,6 +148,10 @@ def test_placement_keeps_slow_depthwise_region_float(tmp_path):
         assert d["reason"]
     assert all({"int8_ms", "float_ms", "decision"} <= set(s) for s in placement["steps"])
     assert r["fallback"]["target"] == "x86-cpu-ort"
+    # the final check timed every placement passed on the way, against FP32, in a process of its own
+    final = placement["final"]
+    assert final["timed_in"] == "a fresh process" and {"all-int8", "searched placement"} <= set(final["finalists"])
+    assert set(final["vs_fp32"]) == set(final["finalists"])
     # the latency cache makes the same search replay without measuring
     again = tmp_path / "d2.edgeq"
     api.quantize(DEPTHWISE, str(calib), "w8a8", again, iters=2, batch_size=8)

@@ -107,3 +107,41 @@ def test_profile_ops_says_which_ops_ran_in_int8(forms):
     result = api.profile(forms["ort"]["path"], target="x86-cpu-ort", runs=5, warmup=1, ops=True)
     kernels = {op: info["int8"] for op, info in result["ops"].items()}
     assert kernels.get("QLinearConv") == "yes" and all(v in ("yes", "no", "q/dq") for v in kernels.values())
+
+
+def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
+    """conv → t; t → per-channel Q/DQ → depthwise conv → t2; t + t2. Sharing the per-channel quantizer with the
+    Add would leave it the conv's only reader, and a quantizer on t2 would be the depthwise conv's: ONNX Runtime
+    would fuse either into a QLinearConv it then refuses."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def init(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [init("xs", np.float32(0.05)), init("xz", np.uint8(128)),
+             init("w1", rng.integers(-20, 20, (4, 4, 1, 1)).astype(np.int8)), init("w1s", np.float32(0.01)),
+             init("w1z", np.int8(0)),
+             init("cs", np.full(4, 0.02, np.float32)), init("cz", np.full(4, 128, np.uint8)),
+             init("w2", rng.integers(-20, 20, (4, 1, 3, 3)).astype(np.int8)), init("w2s", np.float32(0.01)),
+             init("w2z", np.int8(0))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w1", "w1s", "w1z"], ["w1d"]),
+             helper.make_node("Conv", ["xd", "w1d"], ["t"]),
+             helper.make_node("QuantizeLinear", ["t", "cs", "cz"], ["tq"], axis=1),
+             helper.make_node("DequantizeLinear", ["tq", "cs", "cz"], ["td"], axis=1),
+             helper.make_node("DequantizeLinear", ["w2", "w2s", "w2z"], ["w2d"]),
+             helper.make_node("Conv", ["td", "w2d"], ["t2"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["t", "t2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((8, 4, 8, 8)).astype(np.float32)
+    counts = openvino_form.openvino_form(model, Samples((x,)), batch_size=1)
+    assert counts == {"openvino_quantizers_added": 1, "openvino_quantizers_shared": 0}   # t only
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert "td" not in add.input
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": x[:1]})[0].shape == (1, 4, 8, 8)   # no QLinearConv it refuses

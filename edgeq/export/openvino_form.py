@@ -55,6 +55,7 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
     by_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node, k in edges:
         by_tensor.setdefault(node.input[k], []).append((node, k))
+    by_tensor = {t: uses for t, uses in by_tensor.items() if not _after_per_channel_input(g, t)}
     shared = {t: dq for t in by_tensor if (dq := _existing_quantizer(g, t)) is not None}
     fresh = [t for t in by_tensor if t not in shared]
     ranges = _calibrate(model, fresh, samples, batch_size) if fresh else {}
@@ -100,10 +101,29 @@ def _propagated(g: GraphIndex, edges: set[tuple[int, int]]) -> list[tuple[onnx.N
     return sorted(((by_id[i], k) for i, k in edges), key=lambda e: (e[0].name, e[1]))
 
 
+def _after_per_channel_input(g: GraphIndex, tensor: str) -> bool:
+    """Whether ``tensor`` comes (through data-movement ops) from a layer whose activation input is quantized
+    per channel (a depthwise conv). A quantizer on it would be fused with that layer by ONNX Runtime into a
+    QLinearConv with a per-channel input zero-point, which it refuses; the file must still run there (the
+    ranges are calibrated in ONNX Runtime, and ``edgeq eval`` may run it there)."""
+    producer = g.producer.get(tensor)
+    while producer is not None and producer.op_type in MOVERS:
+        producer = g.producer.get(producer.input[0])
+    if producer is None or producer.op_type not in ("Conv", "MatMul", "Gemm"):
+        return False
+    dq = g.producer.get(producer.input[0])
+    scale = g.array(dq.input[1]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return scale is not None and scale.size > 1
+
+
 def _existing_quantizer(g: GraphIndex, tensor: str) -> str | None:
-    """The DequantizeLinear output of edgeq's own quantizer of ``tensor``, if it has one."""
+    """The DequantizeLinear output of edgeq's own per-tensor quantizer of ``tensor``, if it has one. A
+    per-channel one (a depthwise conv's input) is not shared: OpenVINO wants per-tensor scales on these edges,
+    and it could become the sole reader of a conv's output, which ONNX Runtime would then fuse into a
+    QLinearConv with a per-channel output zero-point it refuses."""
     for q in g.consumers.get(tensor, []):
-        if q.op_type == "QuantizeLinear" and q.input[0] == tensor:
+        scale = g.array(q.input[1]) if q.op_type == "QuantizeLinear" else None
+        if scale is not None and scale.size == 1 and q.input[0] == tensor:
             dq = next((d for d in g.consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"), None)
             if dq is not None:
                 return dq.output[0]
