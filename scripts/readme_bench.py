@@ -56,13 +56,34 @@ def speed_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+INCUMBENTS = ("ort-minmax", "nncf", "nncf-ov", "nncf-ov-transformer")
+
+
+def incumbent_table(rows: list[dict], runtime: str) -> list[str]:
+    """Speed-up over the runtime's FP32 per variant, and edgeq's chosen artifact (w8a8) against the fastest
+    incumbent (the ratio of the two speed-ups, both from the same rotation)."""
+    variants = [*INCUMBENTS, "w8a8-fast", "w8a8"]
+    lines = ["| model | " + " | ".join(variants) + " | w8a8 / fastest incumbent |",
+             "|---|" + "---|" * (len(variants) + 1)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        got = {r["variant"]: r.get("speedup_vs_runtime_fp32") for r in rows
+               if r["model"] == model and r["runtime"] == runtime}
+        best = max((got[v] for v in INCUMBENTS if got.get(v)), default=None)
+        ratio = got["w8a8"] / best if best and got.get("w8a8") else None
+        lines.append(f"| {model} | " + " | ".join(num(got.get(v), "{:.2f}x") for v in variants)
+                     + f" | {num(ratio)} |")
+    return lines
+
+
 def main() -> None:
     report = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "reports/bench.json").read_text())
     rows = report["rows"]
     print(f"generated {report['generated']}\n")
-    print("\n".join(zoo_table([r for r in rows if r["suite"] == "zoo"])))
+    print("\n".join(zoo_table([r for r in rows if r["suite"] == "zoo" and "top1" in r])))
     print()
     print("\n".join(speed_table([r for r in rows if r["suite"] == "speed"])))
+    print()
+    print("\n".join(incumbent_table([r for r in rows if r["suite"] == "speed"], "openvino")))
 
 
 if __name__ == "__main__":

@@ -130,8 +130,8 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
             passes["biases_quantized_to_int32"] = quantize_biases(model)
             passes["activations_made_unsigned"] = unsigned_activations(model)
             check_fused_groups(model)  # a sentence now, not an ONNX Runtime failure at the first run
-        if runtime == "openvino":
-            passes.update(openvino_form(model, bundle.samples, _batch(bundle)))
+        if runtime == "openvino" and passes["weights_folded_to_int"]:   # a placement that floats every layer
+            passes.update(openvino_form(model, bundle.samples, _batch(bundle)))   # ships the FP32 graph
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         with warnings.catch_warnings():
