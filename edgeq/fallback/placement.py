@@ -139,8 +139,8 @@ def _final(timer: "Timer", fp32: Path, int8: Path, finalists: dict, all_units: s
     r = ratios[name]
     final["chosen"] = name
     return final, options[name][1], (f"{name} is {1 / ratio:.2f}x faster than FP32 (time ratio {ratio:.3f}, 90 % "
-                                     f"interval {r.low:.3f}–{r.high:.3f}; {len(options)} finalists timed "
-                                     f"in a fresh process)")
+                                     f"interval {r.low:.3f}–{r.high:.3f}; {len(options)} "
+                                     f"finalist{'s' if len(options) > 1 else ''} timed in a fresh process)")
 
 
 def candidates(units: list[Unit]) -> list[tuple[str, list[Unit]]]:
