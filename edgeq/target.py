@@ -117,6 +117,12 @@ def get_target(name_or_path: str | Target) -> Target:
     raise TargetError(f"unknown target {text!r}: use one of {', '.join(target_names())}, or a targets/*.yaml file.")
 
 
+def remember(target: Target) -> None:
+    """Make ``target`` (with its host) known by name in this process: a freshly spawned process gets targets
+    as objects, and what it calls looks them up by name."""
+    _FROM_FILES[target.name] = target
+
+
 def _with_host(target: Target) -> Target:
     host = _HOSTS.get(target.name, _HOSTS.get("*")) if target.reach == "ssh" else None
     return replace(target, host=host) if host else target

@@ -242,7 +242,7 @@ class Timer:
         runs = max(30, min(60, int(per_model))) * factor
         timing = dict(runs=runs, batch=self.batch, threads=self.threads, target=self.target)
         if fresh_process:
-            ratios = _in_fresh_process(compare, reference, candidates, **{**timing, "target": self.found})
+            ratios = _in_fresh_process(_compare_knowing, self.found, reference, candidates, **timing)
         else:
             ratios = compare(reference, candidates, **timing)
         self.measured += 1
@@ -256,6 +256,14 @@ class Timer:
             write_text_atomic(self.path, json.dumps(self.entries, indent=1) + "\n")
         except OSError:
             ui.log(f"could not write the latency cache {self.path}; the next run measures again")
+
+
+def _compare_knowing(found, reference, candidates, **timing):
+    """``profile.latency.compare`` in a process that learns the target first (a YAML target, an SSH host)."""
+    from ..profile.latency import compare
+    from ..target import remember
+    remember(found)
+    return compare(reference, candidates, **timing)
 
 
 def _in_fresh_process(function, *args, **kwargs):

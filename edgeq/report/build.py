@@ -135,15 +135,13 @@ def _build_variants(spec: ReportSpec, recipes: dict, runnable: list[Target], wor
 
 
 def _export_per_target(v: Variant, bundle: Path, runnable: list[Target], work: Path, ptq_seconds) -> None:
-    """The bundle exported as each target ships it (its placement for that target, or the recipe's where the
-    bundle has none for it); without any placement, one file for all."""
+    """The bundle exported as each target ships it: its runtime's int8 graph form, and its placement for that
+    target (or the recipe's where the bundle has none for it)."""
     from .. import api
-    from ..bundle import placement_targets
-    placed = bool(placement_targets(_manifest(bundle)))
     for t in runnable:
-        path = work / (f"{v.name}-{t.name}.onnx" if placed else f"{v.name}.onnx")
+        path = work / f"{v.name}-{t.name}.onnx"
         if not path.exists():
-            api.export(bundle, "onnx", path, precision="int8", target=t.name if placed else None)
+            api.export(bundle, "onnx", path, precision="int8", target=t.name)
         v.built[t.name] = Built(path, ptq_seconds, bundle)
 
 
