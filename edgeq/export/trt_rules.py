@@ -101,7 +101,9 @@ def _check_qdq(node: onnx.NodeProto, label: str, view: GraphView) -> list[Findin
             if user.op_type in NORM_OPS or _in_spelled_out_norm(user, view):
                 out.append(Finding("warning", "qdq-in-norm", label, node.op_type,
                                    f"dequantized tensor feeds {user.op_type} {user.name!r}: TensorRT keeps "
-                                   f"LayerNorm/Softmax in float and this Q/DQ pair only adds conversions",
+                                   f"LayerNorm/Softmax in float unless it fuses the pair into the normalization "
+                                   f"(NVIDIA's modelopt places such pairs on purpose; unverified without TensorRT), "
+                                   f"else this Q/DQ pair only adds conversions",
                                    "leave the normalization's input in float; quantize its output instead"))
     elif node.input[0] in view.producer and _in_spelled_out_norm(view.producer[node.input[0]], view):
         out.append(Finding("warning", "qdq-in-norm", label, node.op_type,
