@@ -231,7 +231,8 @@ class Timer:
     def compare(self, reference: Path, candidates: list[Path], factor: int = 1,
                 fresh_process: bool = False) -> list[Ratio]:
         from ..profile.latency import BLOCK, compare, interleave
-        key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}"])
+        key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}",
+                        *(["fresh"] if fresh_process else [])])
         if key in self.entries:
             self.hits += 1
             return [Ratio(*r) for r in self.entries[key]]
