@@ -110,3 +110,24 @@ class _quiet:
     def __exit__(self, *exc):
         self.streams.close()
         self.logger.setLevel(self.level)
+
+
+def incumbent_variants(work: Path, calib, targets: list) -> list:
+    """What a deployment engineer would use anyway, from the same FP32 ONNX and calibration samples: ONNX
+    Runtime's quantize_static (both runtimes), NNCF's ONNX-backend file (both runtimes) and its OpenVINO IR,
+    default and transformer preset (OpenVINO only). NNCF rows are left out, with a log line, where NNCF is not
+    installed (it is a dev/bench extra)."""
+    from . import ui
+    from .report.build import Built, Variant
+    seconds = round(ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib), 2)
+    made = [Variant("ort-minmax", "baseline", {t.name: Built(work / "ort-minmax.onnx", seconds) for t in targets})]
+    missing = nncf_missing()
+    if missing:
+        ui.log(f"no NNCF rows: {missing}")
+        return made
+    for variant in NNCF_VARIANTS:
+        out = work / (f"{variant}.onnx" if variant == "nncf" else f"{variant}.xml")
+        seconds = round(nncf_quantize(variant, work / "fp32.onnx", out, calib), 2)
+        runs_on = [t for t in targets if variant == "nncf" or t.runtime == "openvino"]
+        made.append(Variant(variant, "baseline", {t.name: Built(out, seconds) for t in runs_on}))
+    return made

@@ -127,6 +127,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     from .data import load_data
     from .export.onnx import read_artifact
     from .models.intake import InputSpec
+    from .baselines import incumbent_variants
     from .report.build import Built, Variant, assess, time_variants
 
     work.mkdir(parents=True)
@@ -156,7 +157,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     calib = load_data(ZOO_CALIB, spec_in, limit=calib_size or 256)
     targets = [get_target(t) for t in BENCH_TARGETS]
     variants = [Variant("fp32", "float", {t.name: Built(work / "fp32.onnx") for t in targets}),
-                *_incumbents(work, calib.samples, targets), *variants]
+                *incumbent_variants(work, calib.samples, targets), *variants]
     chosen = metric.load() if suite == "zoo" and metric is not None else None
     report = assess({"spec": spec, "input_shape": list(spec_in.shape), "audio_seconds": spec_in.audio_seconds()},
                     variants, targets,
@@ -174,27 +175,6 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
                  spread.get((r["variant"], r["target"])))
             for r in report["rows"] if r["measured"]]   # NNCF's OpenVINO IR rows exist for OpenVINO only
     return sorted(rows, key=lambda r: (_variant_rank(r["variant"], recipes), RUNTIMES.index(r["runtime"]))), report
-
-
-def _incumbents(work: Path, calib, targets: list) -> list:
-    """What a deployment engineer would use anyway, from the same FP32 ONNX and calibration samples: ONNX
-    Runtime's quantize_static (both runtimes), NNCF's ONNX-backend file (both runtimes) and its OpenVINO IR,
-    default and transformer preset (OpenVINO only). NNCF rows are left out, with a log line, where NNCF is not
-    installed (it is a dev/bench extra)."""
-    from .baselines import NNCF_VARIANTS, nncf_missing, nncf_quantize, ort_minmax
-    from .report.build import Built, Variant
-    seconds = round(ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib), 2)
-    made = [Variant("ort-minmax", "baseline", {t.name: Built(work / "ort-minmax.onnx", seconds) for t in targets})]
-    missing = nncf_missing()
-    if missing:
-        ui.log(f"bench: no NNCF rows: {missing}")
-        return made
-    for variant in NNCF_VARIANTS:
-        out = work / (f"{variant}.onnx" if variant == "nncf" else f"{variant}.xml")
-        seconds = round(nncf_quantize(variant, work / "fp32.onnx", out, calib), 2)
-        runs_on = [t for t in targets if variant == "nncf" or t.runtime == "openvino"]
-        made.append(Variant(variant, "baseline", {t.name: Built(out, seconds) for t in runs_on}))
-    return made
 
 
 BENCH_TARGETS = ("x86-cpu-ort", "x86-cpu-openvino")   # the CPU targets that run on this machine

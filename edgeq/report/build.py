@@ -154,26 +154,23 @@ def _baselines(spec: ReportSpec, bundle: Path | None, runnable: list[Target], wo
             api.export(bundle, "onnx", path, precision=precision)
         variants.append(Variant(precision, "float", {t.name: Built(path) for t in runnable} if bundle else {},
                                 None if bundle else "no bundle to export from"))
-    peer = Variant("ort-minmax", "baseline")
-    try:
-        seconds = _ort_minmax(spec, work)
-        peer.built = {t.name: Built(work / "ort-minmax.onnx", round(seconds, 2)) for t in runnable}
+    try:   # the incumbents: ONNX Runtime's quantize_static, and NNCF where it is installed
+        from ..baselines import incumbent_variants
+        return variants + incumbent_variants(work, _calibration(spec, work), runnable)
     except EdgeqError as exc:   # e.g. a user's bundle with no calibration data given
-        peer.not_built = str(exc).rstrip(".")
-    return variants + [peer]
+        return variants + [Variant("ort-minmax", "baseline", not_built=str(exc).rstrip("."))]
 
 
-def _ort_minmax(spec: ReportSpec, work: Path) -> float:
-    from ..baselines import ort_minmax
+def _calibration(spec: ReportSpec, work: Path):
+    """The calibration samples the incumbents get (the first 256 of the report's calibration data)."""
     from ..data import load_data
     from ..export.onnx import read_artifact
     from ..models.intake import InputSpec
     record = read_artifact(work / "fp32.onnx")
     specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
     if len(specs) != 1:
-        raise EdgeqError("ONNX Runtime's quantize_static baseline is built for single-input models only")
-    calib = load_data(spec.calib, specs, limit=256)
-    return ort_minmax(work / "fp32.onnx", work / "ort-minmax.onnx", calib.samples)
+        raise EdgeqError("the incumbent quantizers (ONNX Runtime's quantize_static, NNCF) are run on single-input models only")
+    return load_data(spec.calib, specs, limit=256).samples
 
 
 # --- measurements ---------------------------------------------------------------------------------------
