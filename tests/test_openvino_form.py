@@ -91,6 +91,25 @@ def test_openvino_runs_more_of_the_openvino_form_in_int8(forms):
     assert ov_form.get("Eltwise", 0) > ort_form.get("Eltwise", 0)
 
 
+def test_every_conv_and_linear_runs_int8_in_both_forms(forms):
+    """Each weight's DequantizeLinear reads its own scale and zero-point: with shared ones (torch's exporter
+    stores equal constants once) OpenVINO ran some layers in f32 on weights decompressed at each inference."""
+    from edgeq.runtimes.openvino import compile_model
+    for record in forms.values():
+        g = GraphIndex(_model(record))
+        readers: dict[str, int] = {}
+        for node in g.graph.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+        weight_dqs = [n for n in g.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in g.inits]
+        assert weight_dqs and all(readers[name] == 1 for dq in weight_dqs for name in dq.input[1:])
+        compiled = compile_model(record["path"], threads=2, batch=1)   # batch fixed, as edgeq's sessions run it
+        layers = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+                  for op in compiled.get_runtime_model().get_ordered_ops()]
+        layers = [(kind, precision) for kind, precision in layers if kind in ("Convolution", "FullyConnected")]
+        assert len(layers) >= 10 and all(precision in ("i8", "u8") for _, precision in layers), layers
+
+
 def test_strip_gives_back_the_ort_form_graph(forms):
     model = _model(forms["openvino"])
     added = forms["openvino"]["passes"]["openvino_quantizers_added"]

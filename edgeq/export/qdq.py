@@ -72,8 +72,33 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     for node in folded:
         g.graph.node.remove(node)
     fold_weight_transposes(model)
+    own_weight_quantizer_params(model)
     remove_unused_initializers(model)
     return len(folded)
+
+
+def own_weight_quantizer_params(model: onnx.ModelProto) -> int:
+    """Give every weight's DequantizeLinear its own scale and zero-point initializers.
+
+    torch's exporter stores equal constants once, so the all-zero zero-points of every layer with the same
+    output width end up shared (edgenext_xx_small: one [24] array read by six layers, conv and linear
+    alike). OpenVINO then no longer sees a plain per-layer dequantization: with static shapes it runs those
+    layers in f32 on weights decompressed at every inference (edgenext: 15 of 31 linear layers and 15 of 20
+    convolutions; with own copies all of them run int8, 0.81x → 1.06x OpenVINO FP32). Returns copies made."""
+    g = GraphIndex(model)
+    readers: dict[str, int] = {}
+    for node in g.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    copies = 0
+    for dq in [n for n in g.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in g.inits]:
+        for k in range(1, len(dq.input)):
+            name = dq.input[k]
+            if name in g.inits and readers[name] > 1:
+                readers[name] -= 1
+                dq.input[k] = g.add_init(f"{dq.input[0]}_{'scale' if k == 1 else 'zero_point'}", g.array(name))
+                copies += 1
+    return copies
 
 
 def fold_weight_transposes(model: onnx.ModelProto) -> int:
