@@ -28,6 +28,10 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
   ones is a latency question the placement search answers on this form, not a fixed rule.
 
+- **Each weight dequantization is its own** (``qdq.own_weight_quantizer_params``, for every form): a scale or
+  zero-point initializer shared by several layers' weights made OpenVINO, with the batch fixed, run those
+  layers in f32 on weights decompressed at each inference.
+
 The added quantizers' ranges are min/max of the tensor over the bundle's calibration samples, run through the
 int8 model itself (so each range sees the quantization error upstream of it). Their nodes are named
 ``edgeq_ov_*`` so the placement search can take them out for its FP32 reference.
