@@ -139,11 +139,11 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
         short = {"iters": SPEED_ITERS, "batch_size": 8} if suite == "speed" and searches[recipe] is not None else {}
         variant = Variant(recipe, "edgeq")
         # a recipe with latency search gets one bundle with a placement per runtime; exported per runtime
-        bundle = work / f"{recipe}.edgeq"
+        bundle = work / f"{file_stem(recipe)}.edgeq"
         q = api.quantize(spec, ZOO_CALIB, recipe, bundle, calib_size=calib_size, **short,
                          **_placement_args(suite, name, searches[recipe], placements))
         for runtime in RUNTIMES:   # each runtime gets its own graph form (and placement, where searched)
-            tag = f"{recipe}-{runtime}"
+            tag = f"{file_stem(recipe)}-{runtime}"
             api.export(bundle, "onnx", work / f"{tag}.onnx", precision="int8", target=TARGET_OF[runtime])
             made[f"{tag}.onnx"] = {"iterations": SPEED_ITERS if short else None, "fallback": q["fallback"],
                                    "bundle": bundle, "target": TARGET_OF[runtime]}
@@ -193,10 +193,11 @@ def _seed_spread(spec: str, recipes: list[str], seeds: int, work: Path, fp32, ta
     for recipe in recipes:
         runs = [Variant(f"{recipe}@seed{seed}", "edgeq") for seed in range(seeds)]
         for seed, variant in enumerate(runs):
-            artifacts = {t.name: work / (f"{recipe}-{t.runtime}.onnx" if seed == 0
-                                         else f"{recipe}-seed{seed}-{t.runtime}.onnx") for t in targets}
+            stem = file_stem(recipe)
+            artifacts = {t.name: work / (f"{stem}-{t.runtime}.onnx" if seed == 0
+                                         else f"{stem}-seed{seed}-{t.runtime}.onnx") for t in targets}
             if seed:
-                bundle = work / f"{recipe}-seed{seed}.edgeq"
+                bundle = work / f"{stem}-seed{seed}.edgeq"
                 api.quantize(spec, ZOO_CALIB, recipe, bundle, seed=seed, latency_search=False)
                 for t in targets:   # each runtime's graph form
                     api.export(bundle, "onnx", artifacts[t.name], precision="int8", target=t.name)
@@ -211,6 +212,12 @@ def _seed_spread(spec: str, recipes: list[str], seeds: int, work: Path, fp32, ta
 def _variant_rank(variant: str, recipes: list[str]) -> int:
     incumbents = {"fp32": -5, "ort-minmax": -4, "nncf": -3, "nncf-ov": -2, "nncf-ov-transformer": -1}
     return incumbents.get(variant, recipes.index(variant) if variant in recipes else 99)
+
+
+def file_stem(recipe: str) -> str:
+    """The name a recipe's files get in the work folder: a recipe file's stem (``dir/mine.yaml`` → ``mine``), not
+    its path, which would put them outside the folder and make every model of the run write the same bundle."""
+    return Path(recipe).stem if Path(recipe).suffix.lower() in (".yaml", ".yml", ".json") else recipe
 
 
 def _placement_args(suite: str, name: str, searched: bool, placements: Path) -> dict:

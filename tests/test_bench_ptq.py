@@ -25,3 +25,11 @@ def test_bench_merge_keeps_rows_it_did_not_rerun(tmp_path):
     merged = _merge(tmp_path / "bench.json", new)["rows"]
     by_key = {(r["variant"], r["runtime"]): r["drop_pp"] for r in merged}
     assert len(merged) == 6 and by_key[("w8a8", "ort")] == 0.1 and by_key[("w6a6", "openvino")] == 0.5
+
+
+def test_a_recipe_file_names_its_bench_files_by_its_stem():
+    """A recipe given as a file path must not place its bundle outside the work folder, where the next model of
+    the run found it already there ("already exists") and stopped the bench."""
+    from edgeq.bench import file_stem
+    assert file_stem("/some/dir/w8a8-sym.yaml") == "w8a8-sym" and file_stem("mine.JSON") == "mine"
+    assert file_stem("w8a8-fast") == "w8a8-fast"
