@@ -192,8 +192,8 @@ def _seed_spread(spec: str, recipes: list[str], seeds: int, work: Path, fp32, ta
     spread = {}
     for recipe in recipes:
         runs = [Variant(f"{recipe}@seed{seed}", "edgeq") for seed in range(seeds)]
+        stem = file_stem(recipe)
         for seed, variant in enumerate(runs):
-            stem = file_stem(recipe)
             artifacts = {t.name: work / (f"{stem}-{t.runtime}.onnx" if seed == 0
                                          else f"{stem}-seed{seed}-{t.runtime}.onnx") for t in targets}
             if seed:
