@@ -169,7 +169,8 @@ def _calibration(spec: ReportSpec, work: Path):
     record = read_artifact(work / "fp32.onnx")
     specs = [InputSpec.from_dict(d) for d in record.get("inputs") or [record["input"]]]
     if len(specs) != 1:
-        raise EdgeqError("the incumbent quantizers (ONNX Runtime's quantize_static, NNCF) are run on single-input models only")
+        raise EdgeqError("the incumbent quantizers (ONNX Runtime's quantize_static, NNCF) are run on single-input "
+                         "models only")
     return load_data(spec.calib, specs, limit=256).samples
 
 
