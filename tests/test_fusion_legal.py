@@ -69,7 +69,7 @@ def test_per_channel_is_offered_only_where_ort_fusion_accepts_it(fused_graph):
     assert not any(label.startswith("per_channel") for label in candidates["dw_a"])  # conv → ReLU → dwconv
     assert not any(label.startswith("per_channel") for label in candidates["dw_b"])  # conv → dwconv
     assert {"per_channel/asym", "per_channel/sym"} <= candidates["dw_c"]             # GELU → dwconv
-    assert candidates["dw_a"] == {"per_tensor/sym"}  # the scheme choice is still offered
+    assert candidates["dw_a"] == {"per_tensor/asym"}  # the scheme choice is still offered (w8a8: sym first)
 
 
 def test_reconstruction_placement_and_export_run_in_onnxruntime(tmp_path, calib):

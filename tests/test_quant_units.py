@@ -39,6 +39,24 @@ def test_symmetric_per_channel_roundtrip():
     torch.testing.assert_close(dequantize_int(q, qp), fake_quant(w, qp))
 
 
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_symmetric_activation_goes_unsigned_from_zero_only_when_never_negative(method):
+    spec = LayerSpec(bits=8, symmetric=True, observer=method)
+    relu_out, gelu_out = torch.rand(4096) * 6.0, torch.rand(4096) * 6.0 - 0.17
+    unsigned = Observer(spec, None, activation=True)
+    unsigned.observe(relu_out)
+    qp = unsigned.qparams()
+    # zero-point 0 (what OpenVINO runs fastest) with the whole 8-bit range on the values that occur
+    assert (qp.qmin, qp.qmax, int(qp.zero_point)) == (0, 255, 0)
+    assert quantize_int(relu_out, qp).dtype == torch.uint8
+    assert float((fake_quant(relu_out, qp) - relu_out).abs().max()) <= 6.0 / 255 / 2 + 1e-6
+    signed = Observer(spec, None, activation=True)
+    signed.observe(gelu_out)
+    assert (signed.qparams().qmin, signed.qparams().qmax, int(signed.qparams().zero_point)) == (-128, 127, 0)
+    positive_weights = torch.rand(8, 4) + 0.1   # weights stay signed: runtimes take int8 weights only
+    assert observe_weight(positive_weights, SYM).qmin == -128
+
+
 def test_clamping_outside_range():
     qp = compute_qparams(torch.tensor([-1.0]), torch.tensor([1.0]), ASYM, None)
     out = fake_quant(torch.tensor([-10.0, 10.0]), qp)

@@ -205,7 +205,9 @@ def test_nan_block_falls_back_and_the_rest_learns(calib_npy, tmp_path):
     np.save(data, np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32) * 4)
     out = tmp_path / "fragile.edgeq"
     spec = f"{os.path.dirname(__file__)}/tiny_models.py:fragile_net"
-    result = api.quantize(spec, str(data), "w8a8", out, iters=20, batch_size=16, latency_search=False)
+    recipe = tmp_path / "learn-all.yaml"   # every region is worth learning, however small its error
+    recipe.write_text("edgeq_recipe: 1\nname: w8a8-learn-all\nbase: w8a8\nreconstruction: {learn_above: 0.0}\n")
+    result = api.quantize(spec, str(data), str(recipe), out, iters=20, batch_size=16, latency_search=False)
     m = json.loads((out / "manifest.json").read_text())
     regions = {r["name"]: r for r in m["reconstruction"]["regions"]}
     assert result["reconstruction"]["fallbacks"] == ["blocks.0"]
@@ -249,7 +251,7 @@ def test_fisher_objective_and_recipe_knobs(tmp_path):
     assert spec["objective"] == "fisher" and spec["iterations"] == 10 and spec["drop_prob"] == 0.0
     assert m["reconstruction"]["fallbacks"] == []
     choices = [c for r in m["reconstruction"]["regions"] for c in r["choices"].values()]
-    assert choices and all(label.endswith("/asym") for c in choices for label in c["losses"])  # no sym tried
+    assert choices and all(label.endswith("/sym") for c in choices for label in c["losses"])  # no asym tried
     assert m["fidelity_fakequant_vs_float"]["cosine"] > 0.999
 
 
@@ -328,3 +330,14 @@ def test_budget_corrects_the_estimates_by_the_measured_step_time():
     assert budget.correction == pytest.approx(2.0)
     assert budget.allowance(1) == pytest.approx(20.0)   # 60 - 20 spent - 2 × 10 reserved for region 2
     assert budget.eta(0, 3, elapsed=20.0) == pytest.approx(40.0)   # 2 × 60 s planned, capped by what is left
+
+
+def test_a_symmetric_recipe_keeps_symmetric_unless_asymmetric_clearly_wins():
+    from edgeq.reconstruct.engine import ASYMMETRIC_MUST_DIVIDE_ERROR_BY as factor, _preferring_symmetric
+    close = {"per_tensor/sym": 0.99 * factor, "per_tensor/asym": 1.0, "per_channel/sym": 2.0}
+    assert _preferring_symmetric(close, recipe_symmetric=True) == "per_tensor/sym"
+    assert _preferring_symmetric(close, recipe_symmetric=False) == "per_tensor/asym"   # plain minimum
+    clear = {"per_tensor/sym": 1.01 * factor, "per_tensor/asym": 1.0}
+    assert _preferring_symmetric(clear, recipe_symmetric=True) == "per_tensor/asym"
+    per_channel = {"per_channel/asym": 1.0, "per_channel/sym": 1.2, "per_tensor/sym": 1.1}
+    assert _preferring_symmetric(per_channel, recipe_symmetric=True) == "per_channel/sym"  # same granularity

@@ -80,7 +80,7 @@ class ActQuant(_FakeQuant):
     def __init__(self, spec: LayerSpec, channel_axis: int, seed: int):
         super().__init__()
         self.spec = spec
-        self.observer = Observer(spec, channel_axis, seed=seed)
+        self.observer = Observer(spec, channel_axis, seed=seed, activation=True)
         self.qparams: QParams | None = None
         self.observing = True
         self.candidates: dict[str, Observer] = {}  # spec label -> Observer, when reconstruction chooses
@@ -98,7 +98,8 @@ class ActQuant(_FakeQuant):
         return self.quantize(x)
 
     def add_candidates(self, specs: dict[str, LayerSpec], channel_axis: int, seed: int) -> None:
-        self.candidates = {label: Observer(spec, channel_axis, seed=seed) for label, spec in specs.items()}
+        self.candidates = {label: Observer(spec, channel_axis, seed=seed, activation=True)
+                           for label, spec in specs.items()}
 
     def freeze(self) -> QParams:
         self.load(self.observer.qparams())

@@ -31,16 +31,25 @@ class QParams:
     axis: int | None
 
 
-def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Signed range for symmetric quantizers, unsigned for asymmetric (fast on x86 int8 kernels)."""
-    if symmetric:
+def qrange(bits: int, symmetric: bool, nonnegative: bool = False) -> tuple[int, int]:
+    """Signed range for symmetric quantizers of signed tensors; unsigned for asymmetric ones (fast on x86
+    int8 kernels) and for symmetric ones of tensors that never go below zero."""
+    if symmetric and not nonnegative:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2 ** bits - 1
 
 
-def compute_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: LayerSpec, axis: int | None) -> QParams:
-    """Scale and zero-point covering [lo, hi] (per channel), always including 0 exactly."""
-    qmin, qmax = qrange(spec.effective_bits, spec.symmetric)
+def compute_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: LayerSpec, axis: int | None,
+                    unsigned_from_zero: bool = False) -> QParams:
+    """Scale and zero-point covering [lo, hi] (per channel), always including 0 exactly.
+
+    ``unsigned_from_zero`` (activations): a symmetric quantizer of a range that never goes below zero
+    (ReLU, softmax, sigmoid outputs) takes the unsigned range with zero-point 0 instead of wasting the
+    negative half of a signed one. Still zero-point 0, which is what makes symmetric quantizers fast in
+    OpenVINO (no zero-point compensation; NNCF's performance preset does the same). Weights stay signed:
+    runtimes take int8 weights only."""
+    nonnegative = unsigned_from_zero and spec.symmetric and bool((lo >= 0).all())
+    qmin, qmax = qrange(spec.effective_bits, spec.symmetric, nonnegative)
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
     eps = torch.finfo(torch.float32).eps
@@ -66,8 +75,9 @@ def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 class Observer:
     """Collects statistics of one tensor over calibration batches."""
 
-    def __init__(self, spec: LayerSpec, channel_axis: int | None, seed: int = 0):
+    def __init__(self, spec: LayerSpec, channel_axis: int | None, seed: int = 0, activation: bool = False):
         self.spec = spec
+        self.activation = activation   # symmetric ranges of non-negative activations go unsigned
         self.axis = channel_axis if spec.granularity == "per_channel" else None
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
@@ -108,8 +118,8 @@ class Observer:
     def qparams(self) -> QParams:
         if self.lo is None:
             raise RuntimeError("observer saw no data")
-        lo, hi = choose_range(self.lo, self.hi, self._sample(), self.spec)
-        return compute_qparams(lo, hi, self.spec, self.axis)
+        lo, hi = choose_range(self.lo, self.hi, self._sample(), self.spec, self.activation)
+        return compute_qparams(lo, hi, self.spec, self.axis, self.activation)
 
     def _sample(self) -> torch.Tensor | None:
         return torch.cat(self.samples, 1) if self.samples else None
@@ -128,37 +138,37 @@ def observe_weight(weight: torch.Tensor, spec: LayerSpec) -> QParams:
 
 
 def choose_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor | None,
-                 spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+                 spec: LayerSpec, activation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.observer == "minmax" or sample is None:
         return lo, hi
     if spec.observer == "percentile":
         q = spec.percentile / 100.0
         return (torch.quantile(sample, 1.0 - q, dim=1).clamp(max=0.0).minimum(hi),
                 torch.quantile(sample, q, dim=1).clamp(min=0.0).maximum(lo))
-    return _mse_range(lo, hi, sample, spec)
+    return _mse_range(lo, hi, sample, spec, activation)
 
 
 def _mse_range(lo: torch.Tensor, hi: torch.Tensor, sample: torch.Tensor,
-               spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+               spec: LayerSpec, activation: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipping range minimising the per-channel squared error on the sample.
 
     Symmetric ranges shrink both ends together; asymmetric ones shrink the upper end first and
     then the lower end (a one-sided outlier must not drag the other side in with it).
     """
     if spec.symmetric:
-        return _mse_search(lo, hi, sample, spec, scale_lo=True, scale_hi=True)
-    lo, hi = _mse_search(lo, hi, sample, spec, scale_lo=False, scale_hi=True)
-    return _mse_search(lo, hi, sample, spec, scale_lo=True, scale_hi=False)
+        return _mse_search(lo, hi, sample, spec, True, True, activation)
+    lo, hi = _mse_search(lo, hi, sample, spec, False, True, activation)
+    return _mse_search(lo, hi, sample, spec, True, False, activation)
 
 
-def _mse_search(lo, hi, sample, spec, scale_lo: bool, scale_hi: bool):
+def _mse_search(lo, hi, sample, spec, scale_lo: bool, scale_hi: bool, activation: bool):
     errors = []
     chunk = max(1, MSE_CHUNK_ELEMENTS // max(1, sample.numel()))
     for alphas in MSE_GRID.split(chunk):
         a = alphas.view(-1, 1)                                   # [G, 1]
         cand_lo = (lo * a if scale_lo else lo.expand(len(alphas), -1)).reshape(-1)
         cand_hi = (hi * a if scale_hi else hi.expand(len(alphas), -1)).reshape(-1)
-        qp = compute_qparams(cand_lo, cand_hi, spec, axis=0)
+        qp = compute_qparams(cand_lo, cand_hi, spec, axis=0, unsigned_from_zero=activation)
         scale = qp.scale.view(len(alphas), -1, 1)                # [G, C, 1]
         zp = qp.zero_point.view(len(alphas), -1, 1).float()
         q = torch.clamp(torch.round(sample / scale) + zp, qp.qmin, qp.qmax)
