@@ -162,3 +162,36 @@ def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
     import onnxruntime as ort
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": x[:1]})[0].shape == (1, 4, 8, 8)   # no QLinearConv it refuses
+
+
+def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_point_subtract(calib_npy, tmp_path):
+    """OpenVINO's FullyConnected cannot fold an input zero-point when its input has rank 4 (a linear layer on
+    an NHWC tensor): it left a separate f32 Subtract. Those quantizers stay i8 in the openvino form only."""
+    import os
+    from edgeq.runtimes.openvino import compile_model
+    bundle = tmp_path / "nhwc.edgeq"
+    api.quantize(f"{os.path.dirname(__file__)}/tiny_models.py:nhwc_block", str(calib_npy), "w8a8-fast", bundle,
+                 seed=0)
+    forms = {form: api.export(bundle, "onnx", tmp_path / f"{form}.onnx", precision="int8", target=target)
+             for form, target in (("ort", "x86-cpu-ort"), ("openvino", "openvino-cpu"))}
+    for form, record in forms.items():
+        g = GraphIndex(_model(record))
+        dtypes = {}
+        for node in g.graph.node:
+            weight = g.producer.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") else None
+            if weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] in g.inits:
+                activation = _dq_input(g, node.input[0])
+                dtypes[node.name] = g.array(activation.input[2]).dtype
+        assert len(dtypes) == 3
+        signed = sorted(name for name, dtype in dtypes.items() if dtype == np.int8)
+        if form == "ort":
+            assert signed == []                          # u8 everywhere: ONNX Runtime's fast kernels
+        else:
+            assert len(signed) == 2 and record["passes"]["openvino_signed_fc_inputs"] == 2   # fc1, fc2, not head
+        compiled = compile_model(record["path"], threads=2, batch=1)
+        names = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()]
+        subtracts = [n for n in names if n.endswith("DequantizationSubtract")]
+        assert (subtracts == []) == (form == "openvino"), subtracts
+    outputs = {form: ort_cpu.OrtSession(record["path"]).infer([np.load(calib_npy)[:8]])[0]
+               for form, record in forms.items()}
+    assert compare(outputs["ort"], outputs["openvino"])["cosine"] > 0.99

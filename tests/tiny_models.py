@@ -282,3 +282,30 @@ def fused_depthwise():
         model.conv_b.weight.mul_(spread)
         model.dw_b.weight.mul_(spread)
     return model.eval()
+
+
+class NhwcBlock(nn.Module):
+    """A ConvNeXt/EdgeNeXt-style block: depthwise conv, then LayerNorm and an MLP on the NHWC tensor (linear
+    layers on rank-4 inputs), then a head on the pooled rank-2 features."""
+
+    edgeq_input_shape = (1, 3, 32, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.fc1 = nn.Linear(16, 64)
+        self.fc2 = nn.Linear(64, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        x = x + self.fc2(F.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def nhwc_block():
+    torch.manual_seed(0)
+    return NhwcBlock().eval()

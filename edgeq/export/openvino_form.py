@@ -23,6 +23,16 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
 - **Never int8 in OpenVINO**: Softmax, GELU, SiLU/Swish, Sigmoid, Exp, Divide, and LayerNorm's statistics;
   a quantizer whose only consumers are these is pure overhead, so none is added there (NNCF's transformer
   preset leaves them float for the same reason).
+- **Zero-points**: a quantizer with zero-point 0 (symmetric; edgeq's ``w8a8`` and ``w8a8-fast`` default)
+  needs no zero-point compensation, which is why NNCF's performance preset and these recipes use them
+  (fastvit_t8 1.25x → 2.0x OpenVINO FP32). edgeq writes a signed symmetric quantizer as u8 with zero-point
+  128 (``qdq.unsigned_activations``; the same values): the CPU plugin's int8 convolution and FullyConnected
+  take u8 input and fold its zero-point into the kernel (VNNI multiplies u8 by s8; an s8 input runs a slower
+  s8s8 path: levit_128s 3.15x → 1.90x FP32 with every such quantizer i8). Except where the kernel cannot
+  fold it: a **FullyConnected whose input has rank 4** (a linear layer on an NHWC tensor, as in
+  ConvNeXt-style blocks) leaves an input zero-point standing as a separate f32 Subtract (24 of them, 1.2 of
+  7 ms on edgenext_xx_small); inputs of rank 3 fold it. Quantizers read only by such layers stay i8
+  (``signed_fc_inputs``): edgenext_xx_small 1.11x → 1.23x FP32.
 - Convolutions keep edgeq's unsigned activations: OpenVINO's int8 convolution takes u8 input on CPUs
   without AMX (a signed input is shifted to u8 with a zero-point, slower). Depthwise convolutions can be
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
@@ -41,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, shape_inference
 
 from ..samples import Samples
 from .qdq import GraphIndex
@@ -69,6 +79,41 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
             node.input[k] = shared[tensor] if tensor in shared else inserted[tensor][1].output[0]
     _insert_in_order(model, inserted)
     return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared)}
+
+
+def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """Tensors with a symmetric int8 quantizer whose every reader (through its DequantizeLinear and
+    data-movement ops) is a linear layer (MatMul with a quantized weight) on a rank-4 input: the CPU plugin
+    cannot fold an input zero-point there, so these stay i8 (see the rules above)."""
+    inferred = shape_inference.infer_shapes(model)
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
+            if v.type.tensor_type.HasField("shape")}
+    g = GraphIndex(model)
+
+    def readers(tensor: str) -> list[tuple[onnx.NodeProto, str]]:
+        found = []
+        for node in g.consumers.get(tensor, []):
+            if node.op_type in MOVERS:
+                found += [r for out in node.output for r in readers(out)]
+            else:
+                found.append((node, tensor))
+        return found
+
+    def rank4_linear(node: onnx.NodeProto, tensor: str) -> bool:
+        weight = g.producer.get(node.input[1]) if len(node.input) > 1 else None
+        return (node.op_type == "MatMul" and node.input[0] == tensor and rank.get(tensor, 0) >= 4
+                and weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] in g.inits)
+
+    signed = set()
+    for q in g.graph.node:
+        zero = g.array(q.input[2]) if q.op_type == "QuantizeLinear" and len(q.input) > 2 else None
+        if zero is None or zero.dtype != np.int8 or q.input[0] in g.inits:
+            continue
+        uses = [r for dq in g.consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
+                for r in readers(dq.output[0])]
+        if uses and all(rank4_linear(node, tensor) for node, tensor in uses):
+            signed.add(q.input[0])
+    return frozenset(signed)
 
 
 def _is_activation(g: GraphIndex, tensor: str) -> bool:

@@ -169,17 +169,17 @@ def quantize_biases(model: onnx.ModelProto) -> int:
     return count
 
 
-def unsigned_activations(model: onnx.ModelProto) -> int:
+def unsigned_activations(model: onnx.ModelProto, keep_signed: frozenset[str] = frozenset()) -> int:
     """Symmetric int8 activations become uint8 with zero-point 128: the same values (q + 128 on both
     sides), and the u8 form is what x86 int8 kernels run fast (ONNX Runtime takes s8 activations on a
-    slower path)."""
+    slower path). Quantizers of the tensors in ``keep_signed`` stay int8."""
     g = GraphIndex(model)
     renamed: dict[str, str] = {}
     stale: set[str] = set()
     count = 0
     for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in g.inits]:
         zp = g.array(q.input[2]) if len(q.input) > 2 and q.input[2] else None
-        if zp is None or zp.dtype != np.int8:
+        if zp is None or zp.dtype != np.int8 or q.input[0] in keep_signed:
             continue
         if q.input[2] not in renamed:
             renamed[q.input[2]] = g.add_init(q.input[2] + "_u8", (zp.astype(np.int16) + 128).astype(np.uint8))

@@ -25,10 +25,12 @@ def _openvino():
     return openvino
 
 
-def compile_model(path: str | Path, threads: int | None = None, batch: int | None = None):
+def compile_model(path: str | Path, threads: int | None = None, batch: int | None = None, profile: bool = False):
+    """``batch`` fixes a dynamic batch axis (static shapes: what deployments run, and the CPU plugin picks
+    different kernels for them); ``profile`` turns on its per-layer performance counters."""
     ov = _openvino()
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": profile}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
@@ -91,13 +93,9 @@ class OpenvinoRuntime(Runtime):
 
 def op_breakdown(path: str | Path, x: np.ndarray, runs: int = 20, threads: int = 2) -> dict[str, dict]:
     """Time per inference by layer type and the kernel OpenVINO chose (its exec type names the precision,
-    e.g. ``jit_avx2_I8`` vs ``jit_avx2_FP32``), from the CPU plugin's performance counters."""
-    ov = _openvino()
-    core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    e.g. ``jit_avx2_I8`` vs ``jit_avx2_FP32``), from the CPU plugin's performance counters. The batch is fixed
+    to ``x``'s, as the sessions that time it do (a dynamic batch ran other kernels)."""
+    compiled = compile_model(path, threads or None, batch=x.shape[0], profile=True)
     request = compiled.create_infer_request()
     totals: dict[tuple, float] = {}
     counts: dict[tuple, int] = {}
