@@ -195,3 +195,21 @@ def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_poin
     outputs = {form: ort_cpu.OrtSession(record["path"]).infer([np.load(calib_npy)[:8]])[0]
                for form, record in forms.items()}
     assert compare(outputs["ort"], outputs["openvino"])["cosine"] > 0.99
+
+
+def test_constant_subgraphs_get_no_added_quantizer_and_openvino_loads_the_form(calib_npy, tmp_path):
+    """A conv on a tensor made from the input's shape only (edgenext's positional encoding) is a constant to
+    OpenVINO; a quantizer the form added on its output made the CPU plugin refuse the model."""
+    import os
+    from edgeq.runtimes.openvino import compile_model
+    bundle = tmp_path / "pos.edgeq"
+    api.quantize(f"{os.path.dirname(__file__)}/tiny_models.py:shape_derived_positions", str(calib_npy),
+                 "w8a8-fast", bundle, seed=0)
+    record = api.export(bundle, "onnx", tmp_path / "pos.onnx", precision="int8", target="openvino-cpu")
+    g = GraphIndex(_model(record))
+    sin = next(n for n in g.graph.node if n.op_type == "Sin")
+    projection = next(n for n in g.graph.node if n.op_type == "Conv"
+                      and g.producer[_dq_input(g, n.input[0]).input[0]].input[0] == sin.output[0])
+    added = [n for n in g.graph.node if n.name.startswith(openvino_form.PREFIX + "q")]
+    assert added and all(q.input[0] != projection.output[0] for q in added)
+    assert compile_model(record["path"], threads=2, batch=1) is not None

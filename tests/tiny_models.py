@@ -309,3 +309,29 @@ class NhwcBlock(nn.Module):
 def nhwc_block():
     torch.manual_seed(0)
     return NhwcBlock().eval()
+
+
+class ShapeDerivedPositions(nn.Module):
+    """EdgeNeXt's Fourier positional encoding in small: a tensor made from the input's shape only (ones,
+    cumsum, sin), projected by a conv and added to the features: a constant to OpenVINO."""
+
+    edgeq_input_shape = (1, 3, 32, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.project = nn.Conv2d(2, 8, 1)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        ones = torch.ones(x.shape[0], x.shape[2], x.shape[3], device=x.device)
+        pos = torch.stack([ones.cumsum(1), ones.cumsum(2)], 1)
+        x = x + self.project(torch.sin(pos / 3.0))
+        return self.head(self.mix(x).mean((2, 3)))
+
+
+def shape_derived_positions():
+    torch.manual_seed(0)
+    return ShapeDerivedPositions().eval()

@@ -117,8 +117,25 @@ def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
 
 
 def _is_activation(g: GraphIndex, tensor: str) -> bool:
+    """A tensor computed from the input values at run time, not by a quantizer. Subgraphs that depend on the
+    input's shape only (edgenext's Fourier positional encoding and the conv projecting it) are constants to
+    OpenVINO, which folds them; a quantizer added on one made the CPU plugin refuse the model ("empty child
+    edge")."""
     producer = g.producer.get(tensor)
-    return bool(tensor) and tensor not in g.inits and (producer is None or producer.op_type not in _NOT_ACTIVATIONS)
+    return (bool(tensor) and tensor in _input_dependent(g)
+            and (producer is None or producer.op_type not in _NOT_ACTIVATIONS))
+
+
+def _input_dependent(g: GraphIndex) -> set[str]:
+    """Every tensor that depends on the values of a graph input, not only on its shape (nodes are in
+    topological order); computed once per graph."""
+    if getattr(g, "input_dependent", None) is None:
+        live = {i.name for i in g.graph.input} - set(g.inits)
+        for node in g.graph.node:
+            if node.op_type not in ("Shape", "Size") and any(name in live for name in node.input):
+                live.update(node.output)
+        g.input_dependent = live
+    return g.input_dependent
 
 
 def _wanted_edges(g: GraphIndex) -> set[tuple[int, int]]:
