@@ -32,7 +32,7 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   fold it: a **FullyConnected whose input has rank 4** (a linear layer on an NHWC tensor, as in
   ConvNeXt-style blocks) leaves an input zero-point standing as a separate f32 Subtract (24 of them, 1.2 of
   7 ms on edgenext_xx_small); inputs of rank 3 fold it. Quantizers read only by such layers stay i8
-  (``signed_fc_inputs``): edgenext_xx_small 1.11x → 1.23x FP32.
+  (``signed_fc_inputs``): edgenext_xx_small 1.05x → 1.17x FP32 (one paired run, session 15).
 - Convolutions keep edgeq's unsigned activations: OpenVINO's int8 convolution takes u8 input on CPUs
   without AMX (a signed input is shifted to u8 with a zero-point, slower). Depthwise convolutions can be
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which

@@ -226,7 +226,8 @@ BUILTIN = {
                     "saturate, i.e. x86 without VNNI), symmetric activations (asymmetric where that clearly "
                     "lowers a block's error); units whose int8 form is not faster on the target (timed) "
                     "stay in float. The default.",
-        weights=_W8, activations=_A8_SYMMETRIC, reconstruction=_WHERE_IT_PAYS, fallback=FallbackSpec(latency_search=True),
+        weights=_W8, activations=_A8_SYMMETRIC, reconstruction=_WHERE_IT_PAYS,
+        fallback=FallbackSpec(latency_search=True),
     ),
     "w6a6": Recipe(
         name="w6a6",
