@@ -62,7 +62,9 @@ def test_tensorrt_export_passes_lint_and_keeps_ort_accuracy(tmp_path, zoo_bundle
     assert lint(model) == [] and record["lint"] == []
     zps = [numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
-    assert record["passes"]["made_symmetric_int8"]["activations"] > 0
+    acts = json.loads((bundle / "manifest.json").read_text())["activation_quantizers"].values()
+    unsigned_or_per_channel = sum(1 for a in acts if a["qmin"] >= 0 or a["axis"] is not None)
+    assert record["passes"]["made_symmetric_int8"]["activations"] == unsigned_or_per_channel  # re-expressed
     assert record["fidelity_vs_torch"]["cosine"] > 0.99
     result = cli("check", tmp_path / "trt")
     assert result.exit_code == 0 and "0 errors, 0 warnings" in result.output
@@ -71,6 +73,17 @@ def test_tensorrt_export_passes_lint_and_keeps_ort_accuracy(tmp_path, zoo_bundle
     ort = api.evaluate(str(tmp_path / "ort.onnx"), "zoo:test")["top1"]
     trt = api.evaluate(str(tmp_path / "trt" / "model.onnx"), "zoo:test")["top1"]
     assert abs(trt - ort) * 100 <= 0.2, (name, trt, ort)
+
+
+def test_tensorrt_export_makes_asymmetric_activations_symmetric(tmp_path, calib_npy):
+    """w8a8-minmax keeps asymmetric uint8 activations (the built-in w8a8 recipes are symmetric since session
+    15): TensorRT takes signed int8 with zero-point 0 only, so every one is re-expressed."""
+    bundle = tmp_path / "asym.edgeq"
+    api.quantize(f"{TESTS / 'tiny_models.py'}:tiny_hybrid", str(calib_npy), "w8a8-minmax", bundle, seed=0)
+    record = api.export(bundle, "tensorrt", tmp_path / "trt")
+    acts = json.loads((bundle / "manifest.json").read_text())["activation_quantizers"]
+    assert record["passes"]["made_symmetric_int8"]["activations"] == len(acts) > 0
+    assert record["lint"] == [] and record["fidelity_vs_torch"]["cosine"] > 0.99
 
 
 def test_tensorrt_without_tensorrt_writes_trtexec_command(tmp_path, zoo_bundles):
