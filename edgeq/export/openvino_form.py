@@ -65,7 +65,8 @@ _NOT_ACTIVATIONS = frozenset({"DequantizeLinear", "QuantizeLinear", "Constant", 
 def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16) -> dict:
     """Add OpenVINO's extra int8 edges to ``model`` (in place); returns the counts for the sidecar."""
     g = GraphIndex(model)
-    edges = _propagated(g, _wanted_edges(g))
+    activations = _activations(g)
+    edges = _propagated(g, _wanted_edges(g, activations), activations)
     by_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node, k in edges:
         by_tensor.setdefault(node.input[k], []).append((node, k))
@@ -116,47 +117,38 @@ def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(signed)
 
 
-def _is_activation(g: GraphIndex, tensor: str) -> bool:
-    """A tensor computed from the input values at run time, not by a quantizer. Subgraphs that depend on the
-    input's shape only (edgenext's Fourier positional encoding and the conv projecting it) are constants to
-    OpenVINO, which folds them; a quantizer added on one made the CPU plugin refuse the model ("empty child
-    edge")."""
-    producer = g.producer.get(tensor)
-    return (bool(tensor) and tensor in _input_dependent(g)
-            and (producer is None or producer.op_type not in _NOT_ACTIVATIONS))
+def _activations(g: GraphIndex) -> set[str]:
+    """The tensors computed from the input values at run time, other than by a quantizer or a Shape. Subgraphs
+    that depend on the input's shape only (edgenext's Fourier positional encoding and the conv projecting it)
+    are constants to OpenVINO, which folds them; a quantizer added on one made the CPU plugin refuse the model
+    ("empty child edge"). Nodes are in topological order, so one pass finds them."""
+    live = {i.name for i in g.graph.input} - set(g.inits)
+    for node in g.graph.node:
+        if node.op_type not in ("Shape", "Size") and any(name in live for name in node.input):
+            live.update(node.output)
+    return {t for t in live if t and (t not in g.producer or g.producer[t].op_type not in _NOT_ACTIVATIONS)}
 
 
-def _input_dependent(g: GraphIndex) -> set[str]:
-    """Every tensor that depends on the values of a graph input, not only on its shape (nodes are in
-    topological order); computed once per graph."""
-    if getattr(g, "input_dependent", None) is None:
-        live = {i.name for i in g.graph.input} - set(g.inits)
-        for node in g.graph.node:
-            if node.op_type not in ("Shape", "Size") and any(name in live for name in node.input):
-                live.update(node.output)
-        g.input_dependent = live
-    return g.input_dependent
-
-
-def _wanted_edges(g: GraphIndex) -> set[tuple[int, int]]:
+def _wanted_edges(g: GraphIndex, activations: set[str]) -> set[tuple[int, int]]:
     """(node id, input index) of every edge the rules above want quantized."""
     edges = set()
     for node in g.graph.node:
-        both = len(node.input) >= 2 and all(_is_activation(g, t) for t in node.input[:2])
+        both = len(node.input) >= 2 and all(t in activations for t in node.input[:2])
         if node.op_type in ("MatMul", "Add") and both:
             edges |= {(id(node), 0), (id(node), 1)}
-        elif node.op_type in POOLS and _is_activation(g, node.input[0]):
+        elif node.op_type in POOLS and node.input[0] in activations:
             edges.add((id(node), 0))
     return edges
 
 
-def _propagated(g: GraphIndex, edges: set[tuple[int, int]]) -> list[tuple[onnx.NodeProto, int]]:
+def _propagated(g: GraphIndex, edges: set[tuple[int, int]],
+                activations: set[str]) -> list[tuple[onnx.NodeProto, int]]:
     """Move quantizers above data-movement ops whose every output edge is quantized, until none moves."""
     moved = True
     while moved:
         moved = False
         for node in g.graph.node:
-            if node.op_type not in MOVERS or (id(node), 0) in edges or not _is_activation(g, node.input[0]):
+            if node.op_type not in MOVERS or (id(node), 0) in edges or node.input[0] not in activations:
                 continue
             below = {(id(user), k) for out in node.output for user in g.consumers.get(out, [])
                      for k, name in enumerate(user.input) if name == out}
