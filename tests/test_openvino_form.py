@@ -187,7 +187,7 @@ def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_poin
         if form == "ort":
             assert signed == []                          # u8 everywhere: ONNX Runtime's fast kernels
         else:
-            assert len(signed) == 2 and record["passes"]["openvino_signed_fc_inputs"] == 2   # fc1, fc2, not head
+            assert len(signed) == 2 and record["passes"]["openvino_signed_inputs"] == 2   # fc1, fc2, not head
         compiled = compile_model(record["path"], threads=2, batch=1)
         names = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()]
         subtracts = [n for n in names if n.endswith("DequantizationSubtract")]
@@ -195,6 +195,30 @@ def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_poin
     outputs = {form: ort_cpu.OrtSession(record["path"]).infer([np.load(calib_npy)[:8]])[0]
                for form, record in forms.items()}
     assert compare(outputs["ort"], outputs["openvino"])["cosine"] > 0.99
+
+
+def test_a_quantizer_shared_with_an_attention_matmul_stays_signed_and_the_matmuls_run_int8(calib_npy, tmp_path):
+    """V read by the attention MatMul and by a depthwise conv (EfficientFormerV2's local-value branch): the
+    form shares edgeq's quantizer of V with the MatMul, which OpenVINO runs in int8 only without a zero-point;
+    as u8 with zero-point 128 (ONNX Runtime's fast form) that MatMul ran f32."""
+    import os
+    from edgeq.runtimes.openvino import compile_model
+    bundle = tmp_path / "lva.edgeq"
+    api.quantize(f"{os.path.dirname(__file__)}/tiny_models.py:local_value_attention", str(calib_npy), "w8a8-fast",
+                 bundle, seed=0)
+    record = api.export(bundle, "onnx", tmp_path / "ov.onnx", precision="int8", target="openvino-cpu")
+    compiled = compile_model(record["path"], threads=2, batch=1)
+    kernels: dict[str, list[str]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kernels.setdefault(info["layerType"].astype(str), []).append(info["primitiveType"].astype(str))
+    assert not any(k.endswith("f32") for k in kernels.get("MatMul", [])), kernels   # int8, or fused into an MHA
+    g = GraphIndex(_model(record))
+    matmuls = _attention_matmuls(g)
+    assert len(matmuls) == 2
+    for node in matmuls:
+        assert all(int(g.array(_dq_input(g, t).input[2])) == 0 for t in node.input[:2]), node.name
+    assert record["passes"]["openvino_signed_inputs"] == 1 and record["passes"]["openvino_quantizers_shared"] >= 1
 
 
 def test_constant_subgraphs_get_no_added_quantizer_and_openvino_loads_the_form(calib_npy, tmp_path):

@@ -335,3 +335,33 @@ class ShapeDerivedPositions(nn.Module):
 def shape_derived_positions():
     torch.manual_seed(0)
     return ShapeDerivedPositions().eval()
+
+
+class LocalValueAttention(nn.Module):
+    """EfficientFormerV2's attention in small: q, k, v from 1x1 convs on an NCHW map, and v also through a
+    depthwise conv (its local-value branch): v is read by the attention MatMul and by a conv, so edgeq's own
+    quantizer of v (for the conv) is the one the openvino form shares with the MatMul."""
+
+    edgeq_input_shape = (1, 3, 32, 32)
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, stride=2, padding=1)
+        self.q, self.k, self.v = (nn.Conv2d(dim, dim, 1) for _ in range(3))
+        self.v_local = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        v = self.v(x)
+        attn = (self.q(x).flatten(2).transpose(1, 2) @ self.k(x).flatten(2) * c ** -0.5).softmax(-1)
+        out = (attn @ v.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+        x = x + self.proj(torch.relu(out + self.v_local(v)))
+        return self.head(x.mean((2, 3)))
+
+
+def local_value_attention():
+    torch.manual_seed(0)
+    return LocalValueAttention().eval()

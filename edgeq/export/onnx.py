@@ -32,7 +32,7 @@ from ..trace.capture import dynamic_shapes
 from . import graph_extras
 from .artifact import artifact_record, check_outputs, placement_fields, sidecar_path, write_sidecar
 from .fusion_check import check_fused_groups
-from .openvino_form import openvino_form, signed_fc_inputs
+from .openvino_form import openvino_form, signed_inputs
 from .qdq import count_ops, fold_weight_quantizers, quantize_biases, toposort, unsigned_activations
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -128,10 +128,10 @@ def _export(gm, bundle: Bundle, path: Path, precision: str, opset: int,
         passes["weights_folded_to_int"] = fold_weight_quantizers(model)
         if runtime in ("ort", "openvino"):
             passes["biases_quantized_to_int32"] = quantize_biases(model)
-            keep_signed = signed_fc_inputs(model) if runtime == "openvino" else frozenset()
+            keep_signed = signed_inputs(model) if runtime == "openvino" else frozenset()
             passes["activations_made_unsigned"] = unsigned_activations(model, keep_signed)
             if keep_signed:
-                passes["openvino_signed_fc_inputs"] = len(keep_signed)
+                passes["openvino_signed_inputs"] = len(keep_signed)
             check_fused_groups(model)  # a sentence now, not an ONNX Runtime failure at the first run
         if runtime == "openvino" and passes["weights_folded_to_int"]:   # a placement that floats every layer
             passes.update(openvino_form(model, bundle.samples, _batch(bundle)))   # ships the FP32 graph

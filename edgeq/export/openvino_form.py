@@ -32,7 +32,12 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   fold it: a **FullyConnected whose input has rank 4** (a linear layer on an NHWC tensor, as in
   ConvNeXt-style blocks) leaves an input zero-point standing as a separate f32 Subtract (24 of them, 1.2 of
   7 ms on edgenext_xx_small); inputs of rank 3 fold it. Quantizers read only by such layers stay i8
-  (``signed_fc_inputs``): edgenext_xx_small 1.05x → 1.17x FP32 (one paired run, session 15).
+  (``signed_inputs``): edgenext_xx_small 1.05x → 1.17x FP32 (one paired run, session 15). And a quantizer
+  of edgeq's that the form shares with an activation × activation MatMul (attention's V, which also feeds a
+  convolution in EfficientFormerV2's local-value branch) must stay i8 for the first rule to hold: u8 with
+  zero-point 128 left those MatMuls f32, each followed by a standalone f32 FakeQuantize
+  (efficientformerv2_s0 1.41–1.44x → 1.48–1.50x FP32, three paired runs, session 16; its convolutions read
+  i8 as fast as u8 there).
 - Convolutions keep edgeq's unsigned activations: OpenVINO's int8 convolution takes u8 input on CPUs
   without AMX (a signed input is shifted to u8 with a zero-point, slower). Depthwise convolutions can be
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
@@ -82,10 +87,13 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
     return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared)}
 
 
-def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
-    """Tensors with a symmetric int8 quantizer whose every reader (through its DequantizeLinear and
-    data-movement ops) is a linear layer (MatMul with a quantized weight) on a rank-4 input: the CPU plugin
-    cannot fold an input zero-point there, so these stay i8 (see the rules above)."""
+def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """Tensors whose symmetric int8 quantizer stays i8 (zero-point 0) in the openvino form rather than u8 with
+    zero-point 128 (see the rules above): those whose every reader, through its DequantizeLinear and
+    data-movement ops, is a linear layer (MatMul with a quantized weight) on a rank-4 input, where the CPU
+    plugin cannot fold an input zero-point; and those that an activation × activation MatMul reads (through
+    data-movement ops, before or after the quantizer), where the form shares the quantizer and OpenVINO runs
+    the MatMul in int8 only without a zero-point."""
     inferred = shape_inference.infer_shapes(model)
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
             if v.type.tensor_type.HasField("shape")}
@@ -100,10 +108,20 @@ def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
                 found.append((node, tensor))
         return found
 
+    def is_weight(tensor: str) -> bool:
+        producer = g.producer.get(tensor)
+        return tensor in g.inits or (producer is not None and producer.op_type == "DequantizeLinear"
+                                     and producer.input[0] in g.inits)
+
     def rank4_linear(node: onnx.NodeProto, tensor: str) -> bool:
-        weight = g.producer.get(node.input[1]) if len(node.input) > 1 else None
         return (node.op_type == "MatMul" and node.input[0] == tensor and rank.get(tensor, 0) >= 4
-                and weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] in g.inits)
+                and is_weight(node.input[1]))
+
+    def activation_matmul(node: onnx.NodeProto) -> bool:
+        return node.op_type == "MatMul" and not any(is_weight(t) for t in node.input[:2])
+
+    def u8_linear(node: onnx.NodeProto, tensor: str) -> bool:   # its fast path takes u8 (the rule above)
+        return node.op_type == "MatMul" and is_weight(node.input[1]) and not rank4_linear(node, tensor)
 
     signed = set()
     for q in g.graph.node:
@@ -113,6 +131,9 @@ def signed_fc_inputs(model: onnx.ModelProto) -> frozenset[str]:
         uses = [r for dq in g.consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
                 for r in readers(dq.output[0])]
         if uses and all(rank4_linear(node, tensor) for node, tensor in uses):
+            signed.add(q.input[0])
+        elif (any(activation_matmul(node) for node, _ in uses + readers(q.input[0]))
+              and not any(u8_linear(node, tensor) for node, tensor in uses)):
             signed.add(q.input[0])
     return frozenset(signed)
 
