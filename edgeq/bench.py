@@ -83,9 +83,21 @@ def run_bench(suite: str, models: list[str] | None, recipes: list[str] | None, r
             else:   # bench.json merges rows; a model's report is one run's, so a --recipes subset keeps the old
                 ui.log(f"bench: kept {folder} (this run measured only {', '.join(recipes)})")
             markdown = _write_report(out_dir, rows)  # after every model: a crash later keeps what was measured
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        _keep_if_it_holds_learned_work(work)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return {"rows": rows, "markdown": markdown, "json": str(out_dir / "bench.json")}
+
+
+def _keep_if_it_holds_learned_work(work: Path) -> None:
+    """A failed quantization leaves its learned model (``*.learned.edgeq``, ``*.best-effort.edgeq``) in the work
+    folder and names it in its error: that folder must outlive the bench; anything else goes."""
+    kept = sorted(p for tag in ("learned", "best-effort") for p in work.rglob(f"*.{tag}.edgeq"))
+    if kept:
+        ui.log(f"bench: kept {work} ({len(kept)} learned model{'s' if len(kept) > 1 else ''} named in the error)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_model_report(folder: Path, report: dict) -> None:

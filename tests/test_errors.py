@@ -235,3 +235,17 @@ def test_report_from_another_schema_is_refused(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"schema": "edgeq.report/0", "rows": []}))
     with pytest.raises(ReportError, match="is edgeq.report/0; this edgeq reads edgeq.report/1"):
         read_report(tmp_path)
+
+
+def test_a_failed_bench_keeps_the_work_folder_only_when_it_holds_a_learned_model(tmp_path):
+    """A quantization that fails after learning names its ``*.learned.edgeq`` in the error; the bench's work
+    folder holding it must survive the bench (anything else is removed)."""
+    from edgeq.bench import _keep_if_it_holds_learned_work
+    holding, plain = tmp_path / "edgeq-bench-a", tmp_path / "edgeq-bench-b"
+    learned = holding / "speed-m" / "w8a8.learned.edgeq"
+    learned.mkdir(parents=True)
+    (learned / "manifest.json").write_text("{}")
+    (plain / "speed-m" / "w8a8.edgeq").mkdir(parents=True)
+    _keep_if_it_holds_learned_work(holding)
+    _keep_if_it_holds_learned_work(plain)
+    assert (learned / "manifest.json").exists() and not plain.exists()
