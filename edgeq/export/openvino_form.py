@@ -36,8 +36,8 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   of edgeq's that the form shares with an activation × activation MatMul (attention's V, which also feeds a
   convolution in EfficientFormerV2's local-value branch) must stay i8 for the first rule to hold: u8 with
   zero-point 128 left those MatMuls f32, each followed by a standalone f32 FakeQuantize
-  (efficientformerv2_s0 1.41–1.44x → 1.48–1.50x FP32, three paired runs, session 16; its convolutions read
-  i8 as fast as u8 there).
+  (efficientformerv2_s0: 5 of its 10 attention MatMuls; 1.40x → 1.44x FP32, mean of nine paired runs of the
+  two forms, faster in seven, session 16; its convolutions read i8 as fast as u8 there).
 - Convolutions keep edgeq's unsigned activations: OpenVINO's int8 convolution takes u8 input on CPUs
   without AMX (a signed input is shifted to u8 with a zero-point, slower). Depthwise convolutions can be
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
