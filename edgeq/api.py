@@ -433,11 +433,13 @@ def quantizable_summary(op_counts: dict) -> dict:
 
 def evaluate(artifact: str | Path, data: str = "zoo:test", *, limit: int | None = None,
              reference: str | None = None, threads: int | None = None, metric: MetricChoice | None = None,
-             labels: str | None = None, target: str = DEFAULT_TARGET) -> dict:
+             labels: str | None = None, target: str | None = None) -> dict:
     """``metric`` (default: top-1 for class labels) on ``data`` (``labels`` when stored elsewhere), run by
-    ``target``'s runtime, and fidelity to FP32 per output."""
+    ``target``'s runtime (default: x86-cpu-ort), and fidelity to FP32 per output. A bundle is run as its torch
+    fake-quant model with ``target``'s latency placement (default: its own default target's)."""
     from .evaluate import evaluate_artifact
-    get_target(target)
+    if target is not None:
+        get_target(target)
     if metric is not None:
         metric.load()   # a bad metric is one sentence before any inference
     return evaluate_artifact(artifact, data, limit, reference, threads, metric, labels, target)

@@ -316,8 +316,9 @@ def _sens_cell(m: dict) -> str:
 @click.option("--limit", type=int, help="Evaluate only the first N samples.")
 @click.option("--reference", type=click.Path(), help="FP32 ONNX to compare outputs with (default: the bundle's).")
 @click.option("--threads", type=int, help="Runtime threads (default: the runtime's).")
-@click.option("--target", default=DEFAULT_TARGET, show_default=True,
-              help="Device target whose runtime runs the artifact (a targets/ name or YAML file).")
+@click.option("--target", help=f"Device target whose runtime runs the artifact (a targets/ name or YAML file; default "
+                               f"{DEFAULT_TARGET}); for a bundle, whose latency placement its fake-quant model takes "
+                               f"(default: the bundle's default target's).")
 @metric_options
 @command
 def eval_cmd(artifact, data, limit, reference, threads, target, metric, charset, blank, labels, as_json):
@@ -329,7 +330,8 @@ def eval_cmd(artifact, data, limit, reference, threads, target, metric, charset,
 
 
 def _print_eval(r: dict) -> None:
-    lines = [f"{r['artifact']} on {r['data']} ({r['samples']} samples, {r['seconds']} s)"]
+    lines = [f"{r['artifact']} on {r['data']} ({r['samples']} samples, {r['seconds']} s)"
+             + (f", torch fake-quant with the placement of {r['placement_of']}" if "placement_of" in r else "")]
     if "metric" in r:
         m = r["metric"]
         unit = {"pp": " %"}.get(m["unit"], f" {m['unit']}" if m["unit"] else "")

@@ -28,11 +28,12 @@ def input_specs_of(record: dict, sess) -> list[InputSpec]:
 
 def evaluate_artifact(artifact: str | Path, data: str, limit: int | None = None,
                       reference: str | None = None, threads: int | None = None, metric=None,
-                      labels: str | None = None, target: str = DEFAULT_TARGET) -> dict:
+                      labels: str | None = None, target: str | None = None) -> dict:
     """``metric``: a MetricChoice (default: top-1 for class labels, output fidelity only otherwise)."""
     artifact = onnx_in(artifact)
     if Path(artifact).is_dir():
-        return evaluate_bundle(artifact, data, limit, metric, labels)
+        return evaluate_bundle(artifact, data, limit, metric, labels, get_target(target).name if target else None)
+    target = target or DEFAULT_TARGET
     record = read_artifact(artifact)
     target_name, sess = open_session(artifact, target, None, threads)
     dataset = load_data(data, input_specs_of(record, sess), limit=limit, default_split="test",
@@ -61,7 +62,7 @@ def evaluate_bundle(path: str | Path, data: str, limit: int | None = None, metri
     seconds = time.perf_counter() - start
     result = {"artifact": str(path), "precision": bundle.manifest["recipe"]["name"],
               "runtime": "torch fake-quant", "data": dataset.source, "samples": len(dataset),
-              "seconds": round(seconds, 2)}
+              "seconds": round(seconds, 2), **({"placement_of": target} if target else {})}
     ref = run_graph(float_graph(bundle), dataset.samples, batch), f"torch float model of {path}"
     return _scores(result, path, outputs, dataset, ref, metric)
 

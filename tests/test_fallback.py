@@ -192,6 +192,10 @@ def test_one_bundle_holds_a_placement_per_target(tmp_path):
         assert record["placement_applied"] == (target if target in placements else None)
         assert (record["placement_note"] is None) == (target in placements)
     assert "no latency placement for rpi4-ort" in record["placement_note"]
+    # edgeq eval on the bundle runs its fake-quant model with the placement of the target asked for
+    default, other = (api.evaluate(out, str(calib), limit=8, target=t) for t in (None, "rpi4-ort"))
+    assert "placement_of" not in default and other["placement_of"] == "rpi4-ort"
+    assert other["vs_fp32"]["cosine"] != default["vs_fp32"]["cosine"]   # its dw convs int8, float by default
     record = api.export(out, None, tmp_path / "trt", target="jetson-orin-trt")   # held, but not searched
     assert record["placement_applied"] == "jetson-orin-trt" and not _float_weight_layers(tmp_path / "trt" / "model.onnx")
     assert record["placement_note"].startswith("no latency placement was searched for jetson-orin-trt (")
