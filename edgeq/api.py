@@ -73,7 +73,22 @@ def quantize(model: str, calib: str = "zoo", recipe: str = "w8a8", out: str | Pa
     result = quantize_model(loaded, data, rec, out, seed, device, state, fallback)
     if state is not None:
         state.remove()
+    _remove_superseded_learned(out)
     return result
+
+
+def _remove_superseded_learned(out: Path) -> None:
+    """A failed run may have left its learned model next to ``out`` (``keep_learned``); the bundle just written to
+    ``out`` supersedes it (after ``--resume``, the same learned blocks with their fallback decisions), so the
+    leftover goes, as the resume state does."""
+    import shutil
+
+    from . import ui
+    from .fallback.run import learned_path
+    leftover = learned_path(out)
+    if (leftover / "manifest.json").is_file():
+        shutil.rmtree(leftover, ignore_errors=True)
+        ui.log(f"removed {leftover}, the learned model of the failed run ({out} supersedes it)")
 
 
 def _targets_and_placements(target, placement_from) -> tuple[tuple[str, ...], dict | None]:

@@ -166,7 +166,7 @@ def test_placement_failure_keeps_the_learned_model_and_resume_skips_reconstructi
     again = api.quantize(FUSED, str(calib), "w8a8", out, resume=True, **FAST)
     assert learned_regions == []  # every block loaded from the saved state, none learned again
     assert again["bundle"] == str(out) and again["reconstruction"]["regions"] == regions
-    assert not resume_dir(out).exists()
+    assert not resume_dir(out).exists() and not learned_path(out).exists()   # superseded by the finished bundle
     recon = json.loads((out / "manifest.json").read_text())["reconstruction"]["regions"]
     assert recon == learned.manifest["reconstruction"]["regions"]
 
