@@ -156,7 +156,8 @@ def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     x = rng.standard_normal((8, 4, 8, 8)).astype(np.float32)
     counts = openvino_form.openvino_form(model, Samples((x,)), batch_size=1)
-    assert counts == {"openvino_quantizers_added": 1, "openvino_quantizers_shared": 0}   # t only
+    assert counts == {"openvino_quantizers_added": 1, "openvino_quantizers_shared": 0,   # t only
+                      "openvino_channels_first_islands": 0}
     add = next(n for n in model.graph.node if n.op_type == "Add")
     assert "td" not in add.input
     import onnxruntime as ort
@@ -164,9 +165,10 @@ def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
     assert session.run(None, {"x": x[:1]})[0].shape == (1, 4, 8, 8)   # no QLinearConv it refuses
 
 
-def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_point_subtract(calib_npy, tmp_path):
-    """OpenVINO's FullyConnected cannot fold an input zero-point when its input has rank 4 (a linear layer on
-    an NHWC tensor): it left a separate f32 Subtract. Those quantizers stay i8 in the openvino form only."""
+def test_channels_last_blocks_run_channels_first_in_the_openvino_form(calib_npy, tmp_path):
+    """A ConvNeXt-style block (NHWC permute, LayerNorm, MLP, permute back): the openvino form writes it
+    channels-first — no Transpose, its linear layers 1×1 convolutions OpenVINO runs in int8, no zero-point
+    Subtract left standing — and computes the same as the ORT form, which keeps the linear layers (u8 input)."""
     import os
     from edgeq.runtimes.openvino import compile_model
     bundle = tmp_path / "nhwc.edgeq"
@@ -174,24 +176,20 @@ def test_linear_layers_on_rank_4_inputs_take_signed_activations_and_no_zero_poin
                  seed=0)
     forms = {form: api.export(bundle, "onnx", tmp_path / f"{form}.onnx", precision="int8", target=target)
              for form, target in (("ort", "x86-cpu-ort"), ("openvino", "openvino-cpu"))}
-    for form, record in forms.items():
-        g = GraphIndex(_model(record))
-        dtypes = {}
-        for node in g.graph.node:
-            weight = g.producer.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") else None
-            if weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] in g.inits:
-                activation = _dq_input(g, node.input[0])
-                dtypes[node.name] = g.array(activation.input[2]).dtype
-        assert len(dtypes) == 3
-        signed = sorted(name for name, dtype in dtypes.items() if dtype == np.int8)
-        if form == "ort":
-            assert signed == []                          # u8 everywhere: ONNX Runtime's fast kernels
-        else:
-            assert len(signed) == 2 and record["passes"]["openvino_signed_inputs"] == 2   # fc1, fc2, not head
-        compiled = compile_model(record["path"], threads=2, batch=1)
-        names = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()]
-        subtracts = [n for n in names if n.endswith("DequantizationSubtract")]
-        assert (subtracts == []) == (form == "openvino"), subtracts
+    ops = {form: [n.op_type for n in _model(record).graph.node] for form, record in forms.items()}
+    assert ops["ort"].count("Transpose") == 2 and ops["ort"].count("MatMul") == 2   # fc1, fc2 (the head: Gemm)
+    g = GraphIndex(_model(forms["ort"]))
+    for node in (n for n in g.graph.node if n.op_type == "MatMul"):
+        assert g.array(_dq_input(g, node.input[0]).input[2]).dtype == np.uint8   # ONNX Runtime's fast kernels
+    assert "Transpose" not in ops["openvino"] and "LayerNormalization" not in ops["openvino"]
+    assert "MatMul" not in ops["openvino"] and ops["openvino"].count("Conv") == 4   # stem, dw, fc1, fc2
+    assert forms["openvino"]["passes"]["openvino_channels_first_islands"] == 1
+    compiled = compile_model(forms["openvino"]["path"], threads=2, batch=1)
+    kernels = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["primitiveType"].astype(str),
+                op.get_friendly_name()) for op in compiled.get_runtime_model().get_ordered_ops()]
+    assert not [k for k in kernels if k[0] == "Transpose" or k[2].endswith("DequantizationSubtract")], kernels
+    convs = [k for k in kernels if k[0] == "Convolution"]
+    assert len(convs) == 4 and all("i8" in k[1].lower() for k in convs), convs
     outputs = {form: ort_cpu.OrtSession(record["path"]).infer([np.load(calib_npy)[:8]])[0]
                for form, record in forms.items()}
     assert compare(outputs["ort"], outputs["openvino"])["cosine"] > 0.99

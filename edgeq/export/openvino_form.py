@@ -43,6 +43,9 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   slower in int8 than in f32 (fastvit_t8: NNCF's transformer preset keeps 27 of 52 convolutions f32); which
   ones is a latency question the placement search answers on this form, not a fixed rule.
 
+- **No channels-last islands**: a ConvNeXt-style block's NHWC Transposes cost OpenVINO more than its int8 linear
+  layers save; ``openvino_layout`` writes those blocks channels-first, after the quantizers are in place.
+
 - **Each weight dequantization is its own** (``qdq.own_weight_quantizer_params``, for every form): a scale or
   zero-point initializer shared by several layers' weights made OpenVINO, with the batch fixed, run those
   layers in f32 on weights decompressed at each inference.
@@ -59,6 +62,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
 
 from ..samples import Samples
+from .openvino_layout import channels_first
 from .qdq import GraphIndex
 
 PREFIX = "edgeq_ov_"
@@ -68,7 +72,8 @@ _NOT_ACTIVATIONS = frozenset({"DequantizeLinear", "QuantizeLinear", "Constant", 
 
 
 def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16) -> dict:
-    """Add OpenVINO's extra int8 edges to ``model`` (in place); returns the counts for the sidecar."""
+    """Add OpenVINO's extra int8 edges to ``model`` (in place), then write its channels-last islands
+    channels-first (``openvino_layout``); returns the counts for the sidecar."""
     g = GraphIndex(model)
     activations = _activations(g)
     edges = _propagated(g, _wanted_edges(g, activations), activations)
@@ -84,7 +89,8 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
         for node, k in uses:
             node.input[k] = shared[tensor] if tensor in shared else inserted[tensor][1].output[0]
     _insert_in_order(model, inserted)
-    return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared)}
+    return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared),
+            "openvino_channels_first_islands": channels_first(model)}
 
 
 def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
