@@ -1,7 +1,7 @@
 """How much of the channels-first openvino form's speed is layout and how much is int8 (session 17).
 
-For each timm model: a `w8a8-fast` bundle at 224×224 (32 random calibration images, reconstruction shortened
-as in the speed suite), then four files timed against edgeq's FP32 export in OpenVINO, interleaved, in
+For each timm model: a `w8a8-fast` bundle at 224×224 (32 random calibration images, no reconstruction), then
+three files timed against edgeq's FP32 export in OpenVINO, interleaved, in
 ``--reps`` separate rotations:
   fp32-cf      the FP32 export with ``channels_first`` applied (the layout alone)
   int8-nhwc    the openvino form without the layout pass (what edgeq shipped before session 17)
@@ -26,8 +26,7 @@ def files(name: str, work: Path) -> dict[str, Path]:
     calib = work / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32))
     bundle = work / f"{name}.edgeq"
-    api.quantize(f"timm:{name}", f"{calib}:x", "w8a8-fast", bundle, input_shape=(1, 3, 224, 224), iters=10,
-                 batch_size=8, seed=0)
+    api.quantize(f"timm:{name}", f"{calib}:x", "w8a8-fast", bundle, input_shape=(1, 3, 224, 224), seed=0)
     out = {"fp32": work / "fp32.onnx", "fp32-cf": work / "fp32-cf.onnx", "int8-nhwc": work / "int8-nhwc.onnx",
            "int8-cf": work / "int8-cf.onnx"}
     api.export(bundle, "onnx", out["fp32"], precision="fp32")
