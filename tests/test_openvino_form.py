@@ -195,6 +195,31 @@ def test_channels_last_blocks_run_channels_first_in_the_openvino_form(calib_npy,
     assert compare(outputs["ort"], outputs["openvino"])["cosine"] > 0.99
 
 
+def test_linear_layers_left_on_rank_4_inputs_take_signed_activations_and_no_zero_point_subtract(calib_npy, tmp_path):
+    """A channels-last block the layout pass cannot rewrite (a norm over its spatial axes): OpenVINO's
+    FullyConnected cannot fold an input zero-point when its input has rank 4, and left a separate f32 Subtract.
+    Those quantizers stay i8 in the openvino form; the ORT form keeps u8."""
+    import os
+    from edgeq.runtimes.openvino import compile_model
+    bundle = tmp_path / "grn.edgeq"
+    api.quantize(f"{os.path.dirname(__file__)}/tiny_models.py:nhwc_grn_block", str(calib_npy), "w8a8-fast",
+                 bundle, seed=0)
+    forms = {form: api.export(bundle, "onnx", tmp_path / f"{form}.onnx", precision="int8", target=target)
+             for form, target in (("ort", "x86-cpu-ort"), ("openvino", "openvino-cpu"))}
+    assert forms["openvino"]["passes"]["openvino_channels_first_islands"] == 0
+    for form, record in forms.items():
+        g = GraphIndex(_model(record))
+        dtypes = {node.name: g.array(_dq_input(g, node.input[0]).input[2]).dtype
+                  for node in g.graph.node if node.op_type == "MatMul" and _is_weight(g, node.input[1])}
+        assert len(dtypes) == 2   # fc1, fc2 (the head is a Gemm on the pooled features)
+        signed = [name for name, dtype in dtypes.items() if dtype == np.int8]
+        assert len(signed) == (2 if form == "openvino" else 0)
+        compiled = compile_model(record["path"], threads=2, batch=1)
+        names = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()]
+        subtracts = [n for n in names if n.endswith("DequantizationSubtract")]
+        assert (subtracts == []) == (form == "openvino"), subtracts
+
+
 def test_a_quantizer_shared_with_an_attention_matmul_stays_signed_and_the_matmuls_run_int8(calib_npy, tmp_path):
     """V read by the attention MatMul and by a depthwise conv (EfficientFormerV2's local-value branch): the
     form shares edgeq's quantizer of V with the MatMul, which OpenVINO runs in int8 only without a zero-point;

@@ -311,6 +311,24 @@ def nhwc_block():
     return NhwcBlock().eval()
 
 
+class NhwcGrnBlock(NhwcBlock):
+    """The same block with ConvNeXt-V2's global response norm between the linear layers (a norm over the NHWC
+    tensor's spatial axes): the openvino form cannot write it channels-first, so its linear layers keep rank-4
+    inputs."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1))))
+        y = y * (y.norm(p=2, dim=(1, 2), keepdim=True) + 1e-6)
+        x = x + self.fc2(y).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def nhwc_grn_block():
+    torch.manual_seed(0)
+    return NhwcGrnBlock().eval()
+
+
 class ShapeDerivedPositions(nn.Module):
     """EdgeNeXt's Fourier positional encoding in small: a tensor made from the input's shape only (ones,
     cumsum, sin), projected by a conv and added to the features: a constant to OpenVINO."""
