@@ -89,8 +89,9 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
         for node, k in uses:
             node.input[k] = shared[tensor] if tensor in shared else inserted[tensor][1].output[0]
     _insert_in_order(model, inserted)
+    islands = channels_first(model)
     return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared),
-            "openvino_channels_first_islands": channels_first(model)}
+            "openvino_channels_first_islands": islands}
 
 
 def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:

@@ -7,9 +7,10 @@ linear layers as FullyConnected on a rank-4 input: on edgenext_xx_small the Tran
 of 6.9 ms in int8, more than the int8 linear layers saved. The same computation written channels-first has
 no Transpose: LayerNorm over the channel axis (ReduceMean statistics), each linear layer a 1×1 convolution
 (OpenVINO's int8 convolution, with the GELU, bias and requantization fused into it), per-channel constants
-reshaped to broadcast over [C, H, W]. Paired runs on an AVX512-VNNI Xeon (session 17): edgenext_xx_small's
-openvino form 1.17x → 1.9x OpenVINO FP32 (the FP32 graph rewritten the same way: 1.2x). ONNX Runtime runs the
-channels-first form slower (all-int8 0.80x → 0.67x its FP32), so only the openvino form gets it.
+reshaped to broadcast over [C, H, W]. Paired runs on an AVX512-VNNI Xeon (session 17, 256×256):
+edgenext_xx_small's openvino form 1.17x → 1.9x OpenVINO FP32 (the FP32 graph rewritten the same way:
+1.19–1.31x). ONNX Runtime runs the channels-first form slower (all-int8 0.80x → 0.67x its FP32), so only the
+openvino form gets it.
 
 An island is everything between a Transpose to NHWC and the Transposes back to NCHW, provided every node in
 it works on the last axis or element-wise: per-tensor Quantize/DequantizeLinear, element-wise math with
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .qdq import GraphIndex, remove_unused_initializers
+from .qdq import GraphIndex, _axis, remove_unused_initializers
 
 PREFIX = "edgeq_nchw_"
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -126,8 +127,7 @@ def _weight(g: GraphIndex, name: str) -> tuple[np.ndarray, onnx.NodeProto | None
     if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers.get(name, [])) != 1:
         return None
     value, scale = g.array(dq.input[0]), g.array(dq.input[1])
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    if value is None or value.ndim != 2 or scale is None or (scale.size > 1 and axis % 2 != 1):
+    if value is None or value.ndim != 2 or scale is None or (scale.size > 1 and _axis(dq) % 2 != 1):
         return None
     return value, dq
 
