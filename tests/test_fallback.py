@@ -1,5 +1,6 @@
 """Fallback: outlier blocks, sensitivity, accuracy budget, latency-aware placement, OpenVINO target."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -326,3 +327,34 @@ def test_interleave_visits_models_in_a_new_order_each_round(tiny_onnx):
         Session.step = original
     firsts = [visits[i] for i in range(0, len(visits), 6)]   # 3 models x 2 runs per round
     assert len(firsts) == 20 and len(set(firsts)) == 3 and all(len(p[1].times) == 40 for p in probes.values())
+
+
+def test_search_timer_loads_each_model_once(tmp_path, tiny_onnx, monkeypatch):
+    """The placement search times each candidate against the current placement: the reference, kept loaded
+    between steps, is not compiled again (OpenVINO takes ~2 s per int8 model), a model no longer timed is
+    released, and every measurement still times exactly its own runs."""
+    import shutil
+
+    from edgeq.fallback import placement
+    from edgeq.profile import latency
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    opened = []
+    original = latency.open_session
+
+    def counting_open(path, target, batch, threads):
+        opened.append(Path(path).name)
+        return original(path, target, batch, threads)
+
+    monkeypatch.setattr(latency, "open_session", counting_open)
+    ref, int8 = tiny_onnx["fp32"]["path"], tiny_onnx["int8"]["path"]
+    other = tmp_path / "copy_of_int8.onnx"
+    shutil.copy(int8, other)
+    timer = placement.Timer("x86-cpu-openvino", threads=1, batch=1)
+    first = timer.compare(Path(ref), [Path(int8)])[0]
+    second = timer.compare(Path(int8), [Path(other)])[0]   # the candidate became the reference
+    assert opened == [Path(ref).name, Path(int8).name, "copy_of_int8.onnx"], opened
+    assert {Path(k[0]).name for k in timer.sessions} == {Path(int8).name, "copy_of_int8.onnx"}
+    runs = {len(s.times) for _, s in timer.sessions.values()}   # this measurement's runs, none carried over
+    assert timer.measured == 2 and len(runs) == 1 and 30 <= runs.pop() <= 60, runs
+    assert first.reference_ms > 0 and 0.5 < second.ratio < 2.0

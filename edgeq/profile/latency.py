@@ -30,22 +30,36 @@ def open_session(path, target: str, batch: int, threads: int | None):
 
 
 def interleave(paths: dict, runs: int, warmup: int, batch: int, threads: int | None, target: str,
-                block: int, order: np.random.Generator | None = None, settle: float = SETTLE_S) -> dict:
+                block: int, order: np.random.Generator | None = None, settle: float = SETTLE_S,
+                sessions: dict | None = None) -> dict:
     """{key: (target name, session)} after warm-up and ``runs`` timed runs each, in alternating blocks.
 
     Each round visits the models in a new random order (``order``, default a fixed seed): a model always
     timed first, right after another runtime's threads, or always last, would carry that position's cost as if
     it were its own (an artifact timed against an identical copy measured 1.25x "faster" with a fixed order on
-    a loaded machine). ``settle``: seconds of pause before each block.
+    a loaded machine). ``settle``: seconds of pause before each block. ``sessions``: the caller's cache of
+    loaded sessions, reused and filled here (OpenVINO compiles an int8 model in about 2 s; a search that
+    times each candidate against the same reference need not load the reference again).
     """
     entries = {key: value if isinstance(value, tuple) else (value, target) for key, value in paths.items()}
     order = order if order is not None else np.random.default_rng(0)
     on_device = {get_target(t).name for _, t in entries.values() if get_target(t).reach == "ssh"}
     if on_device:
         return _interleave_on_device(entries, on_device, runs, warmup, batch, threads, block, order, settle)
-    probes = {key: open_session(path, tgt, batch, threads) for key, (path, tgt) in entries.items()}
+    probes = {key: _session(path, tgt, batch, threads, sessions) for key, (path, tgt) in entries.items()}
     rotate([session for _, session in probes.values()], runs, warmup, block, order, settle)
     return probes
+
+
+def _session(path, target: str, batch: int, threads: int | None, sessions: dict | None):
+    """A loaded session with no recorded times: from ``sessions`` when it holds one, else opened (and kept there)."""
+    if sessions is None:
+        return open_session(path, target, batch, threads)
+    key = (str(path), target, batch, threads)
+    if key not in sessions:
+        sessions[key] = open_session(path, target, batch, threads)
+    sessions[key][1].times.clear()
+    return sessions[key]
 
 
 @dataclass
@@ -86,11 +100,13 @@ class Ratio:
 
 
 def compare(reference: str | Path, candidates: list[str | Path], runs: int, warmup: int = 3, batch: int = 1,
-            threads: int | None = 2, target: str = DEFAULT_TARGET, block: int = BLOCK, seed: int = 0) -> list[Ratio]:
+            threads: int | None = 2, target: str = DEFAULT_TARGET, block: int = BLOCK, seed: int = 0,
+            sessions: dict | None = None) -> list[Ratio]:
     """Each candidate against ``reference``, all interleaved. Blocks that ran back to back form pairs, so a
-    slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs."""
+    slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs.
+    ``sessions``: a cache of loaded sessions to reuse (see ``interleave``)."""
     paths = {"ref": reference, **{f"c{i}": c for i, c in enumerate(candidates)}}
-    probes = interleave(paths, runs, warmup, batch, threads, target, block)
+    probes = interleave(paths, runs, warmup, batch, threads, target, block, sessions=sessions)
     ref = _block_medians(probes["ref"][1].times, block)
     return [_ratio(ref, _block_medians(probes[f"c{i}"][1].times, block), seed) for i in range(len(candidates))]
 
