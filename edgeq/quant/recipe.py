@@ -244,9 +244,13 @@ BUILTIN = {
     ),
     "w8a8-fast": Recipe(
         name="w8a8-fast",
-        description="Observers only: per-channel symmetric int8 weights, per-tensor symmetric activations "
-                    "(int8, or uint8 from zero for non-negative tensors); MSE-searched ranges.",
-        weights=LayerSpec(bits=8, granularity="per_channel", symmetric=True, observer="mse"),
+        description="Observers only: per-channel symmetric int8 weights (7-bit range where int8 dot products "
+                    "saturate), per-tensor symmetric activations (int8, or uint8 from zero for non-negative "
+                    "tensors); MSE-searched ranges.",
+        # _W8's 7-bit weights on x86 without VNNI matter more since activations are symmetric: written as
+        # uint8 around 128, nearly every u8×s8 pair sum can pass int16 there (tiny_hybrid's ORT export had
+        # cosine 0.86 vs torch on an AVX2 EPYC with full-range weights)
+        weights=_W8,
         activations=_A8_SYMMETRIC,
         fallback=FallbackSpec(outliers=False),
     ),
