@@ -4,8 +4,9 @@ Starting from the all-int8 model, candidates that put a group of units back in f
 against the current placement, interleaved on the target runtime; a candidate is kept when it is
 confidently faster: paired blocks of runs give the ratio of the two latencies with a bootstrap interval,
 and even the interval's slow end must gain MARGIN (a fixed threshold either chases noise on a quiet model
-or throws away real gains on a noisy one). Candidates come in two passes: op classes first (every
-depthwise-conv unit, every dense-conv unit, every linear unit: kernels a runtime may lack a fast int8 form
+or throws away real gains on a noisy one); a measurement that looks faster but misses that gets a second
+rotation of as many runs, and the blocks of both decide. Candidates come in two passes: op classes first
+(every depthwise-conv unit, every dense-conv unit, every linear unit: kernels a runtime may lack a fast int8 form
 of), then one stage at a time in execution order (Q/DQ islands, norms and activations between int8 ops);
 then each stage's units that an op-class step floated are tried back in int8 (a class can be slow overall
 and fast in some stages). Last, the FP32 model, the all-int8 model and the searched placement are timed
@@ -97,8 +98,9 @@ def search(int8_path: Path, units: list[Unit], target: str, threads: int = 2, ba
     return {"target": target, "batch": batch, "threads": threads, "fp32_ms": final["fp32_ms"],
             "all_int8_ms": final["all_int8_ms"], "final": final, "verdict": verdict,
             "floated_units": sorted(floated), "steps": steps, "cache_hits": timer.hits,
-            "measurements": timer.measured, "build_seconds": round(sum(build_seconds), 2),
-            "measure_seconds": round(timer.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
+            "measurements": timer.measured, "extended_measurements": timer.extended,
+            "build_seconds": round(sum(build_seconds), 2), "measure_seconds": round(timer.seconds, 2),
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _log(target: str, step: dict) -> None:
@@ -216,10 +218,11 @@ class Timer:
         self.found = found   # what a fresh process gets (a target read from a YAML file exists only here)
         self.target, self.threads, self.batch = found.name, threads, batch
         self.path = cache_dir() / f"{found.name}.json"
-        # v4: timings from the shuffled rotation (v3 ones came from a fixed order that favoured later models)
-        self.prefix = f"v4|{fingerprint_key(found.fingerprint())}|t{threads}|b{batch}"
+        # v5: unsure measurements extended by a second rotation (v4: one rotation; v3: a fixed order that
+        # favoured later models)
+        self.prefix = f"v5|{fingerprint_key(found.fingerprint())}|t{threads}|b{batch}"
         self.entries = self._load()
-        self.hits = self.measured = 0
+        self.hits = self.measured = self.extended = 0
         self.seconds = 0.0
         # loaded sessions of the current reference and candidates: each step loads only its new candidate
         # (OpenVINO compiled each int8 form in ~2 s, three times per step, a third of a search's time)
@@ -233,7 +236,7 @@ class Timer:
 
     def compare(self, reference: Path, candidates: list[Path], factor: int = 1,
                 fresh_process: bool = False) -> list[Ratio]:
-        from ..profile.latency import BLOCK, compare, interleave
+        from ..profile.latency import BLOCK, interleave
         key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}",
                         *(["fresh"] if fresh_process else [])])
         if key in self.entries:
@@ -248,13 +251,22 @@ class Timer:
         timing = dict(runs=runs, batch=self.batch, threads=self.threads, target=self.target)
         if fresh_process:
             self.sessions.clear()
-            ratios = _in_fresh_process(_compare_knowing, self.found, reference, candidates, **timing)
-        else:
-            ratios = compare(reference, candidates, sessions=self.sessions, **timing)
+        rotations = [self._blocks(reference, candidates, fresh_process, timing)]
+        ratios = _pooled(rotations)
+        if any(_unsure(r) for r in ratios):
+            rotations.append(self._blocks(reference, candidates, fresh_process, timing))
+            ratios = _pooled(rotations)
+            self.extended += 1
         self.measured += 1
         self.seconds += time.perf_counter() - began
         self.entries[key] = [[r.reference_ms, r.candidate_ms, r.ratio, r.low, r.high] for r in ratios]
         return ratios
+
+    def _blocks(self, reference: Path, candidates: list[Path], fresh_process: bool, timing: dict):
+        from ..profile.latency import paired_blocks
+        if fresh_process:
+            return _in_fresh_process(_blocks_knowing, self.found, reference, candidates, **timing)
+        return paired_blocks(reference, candidates, sessions=self.sessions, **timing)
 
     def _keep_sessions_of(self, paths: list[Path]) -> None:
         """Release the loaded sessions of models this measurement does not time (memory stays at one step's)."""
@@ -270,12 +282,26 @@ class Timer:
             ui.log(f"could not write the latency cache {self.path}; the next run measures again")
 
 
-def _compare_knowing(found, reference, candidates, **timing):
-    """``profile.latency.compare`` in a process that learns the target first (a YAML target, an SSH host)."""
-    from ..profile.latency import compare
+def _unsure(r: Ratio) -> bool:
+    """Looks faster, but the interval's slow end misses the margin: one more rotation of as many runs, pooled,
+    decides (runs are spent only where a decision hangs on noise: ONNX Runtime's intervals on a 2-core VM are
+    often ±10 %, and a single look lost levit_128s's 1.13x all-int8 gain on an AVX2 CPU, interval 0.83–1.00)."""
+    return r.ratio <= 1.0 - MARGIN < r.high
+
+
+def _pooled(rotations: list) -> list[Ratio]:
+    """Each candidate's Ratio over the paired blocks of every rotation."""
+    from ..profile.latency import pooled_ratio
+    return [pooled_ratio([ref for ref, _ in rotations], [cands[i] for _, cands in rotations])
+            for i in range(len(rotations[0][1]))]
+
+
+def _blocks_knowing(found, reference, candidates, **timing):
+    """``profile.latency.paired_blocks`` in a process that learns the target first (a YAML target, an SSH host)."""
+    from ..profile.latency import paired_blocks
     from ..target import remember
     remember(found)
-    return compare(reference, candidates, **timing)
+    return paired_blocks(reference, candidates, **timing)
 
 
 def _in_fresh_process(function, *args, **kwargs):

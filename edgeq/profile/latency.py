@@ -105,10 +105,24 @@ def compare(reference: str | Path, candidates: list[str | Path], runs: int, warm
     """Each candidate against ``reference``, all interleaved. Blocks that ran back to back form pairs, so a
     slow phase of the shared machine slows both sides of a pair; the interval comes from resampling pairs.
     ``sessions``: a cache of loaded sessions to reuse (see ``interleave``)."""
+    ref, cands = paired_blocks(reference, candidates, runs, warmup, batch, threads, target, block, sessions)
+    return [_ratio(ref, cand, seed) for cand in cands]
+
+
+def paired_blocks(reference: str | Path, candidates: list[str | Path], runs: int, warmup: int = 3, batch: int = 1,
+                  threads: int | None = 2, target: str = DEFAULT_TARGET, block: int = BLOCK,
+                  sessions: dict | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The block medians of the reference and of each candidate, interleaved: block k of each ran in round k
+    (what ``compare`` pairs; blocks of two rotations can be pooled, see ``pooled_ratio``)."""
     paths = {"ref": reference, **{f"c{i}": c for i, c in enumerate(candidates)}}
     probes = interleave(paths, runs, warmup, batch, threads, target, block, sessions=sessions)
-    ref = _block_medians(probes["ref"][1].times, block)
-    return [_ratio(ref, _block_medians(probes[f"c{i}"][1].times, block), seed) for i in range(len(candidates))]
+    return (_block_medians(probes["ref"][1].times, block),
+            [_block_medians(probes[f"c{i}"][1].times, block) for i in range(len(candidates))])
+
+
+def pooled_ratio(reference_blocks: list[np.ndarray], candidate_blocks: list[np.ndarray], seed: int = 0) -> "Ratio":
+    """The Ratio of the paired blocks of several rotations together."""
+    return _ratio(np.concatenate(reference_blocks), np.concatenate(candidate_blocks), seed)
 
 
 def block_ratio(reference_ms: list[float], candidate_ms: list[float], block: int = BLOCK, seed: int = 0) -> "Ratio":
