@@ -418,19 +418,32 @@ def audio_features(file: Path, shape: list, prep: dict | None) -> np.ndarray:
     ``edgeq_audio.py`` when the runner runs without edgeq)."""
     if not prep or prep.get("kind") != "log-mel":
         raise RunnerError(f"{file.name} is audio, but this model takes no audio features (its input is {shape}).")
-    try:   # the copy next to this file on a device, else edgeq's own module
-        import edgeq_audio as audio
-    except ImportError:
-        try:
-            from edgeq import audio
-        except ImportError:
-            raise RunnerError("audio input needs edgeq_audio.py next to the runner (edgeq uploads it; the "
-                              "edgeq-runner wheel includes it).") from None
+    audio = _audio_module()
     limit = shape[1] if isinstance(shape[1], int) else None
     try:
         return audio.clip_features(file, audio.Features.from_dict(prep), limit)[None]
     except audio.AudioError as exc:
         raise RunnerError(str(exc)) from None
+
+
+def _audio_module():
+    """edgeq's audio code: the copy next to this file (uploaded by edgeq, or installed by the edgeq-runner wheel),
+    loaded by its path because ``python -I`` / ``-P`` leave the script's folder off sys.path; else edgeq's own."""
+    sibling = Path(__file__).with_name("edgeq_audio.py")
+    if sibling.is_file():
+        if "edgeq_audio" not in sys.modules:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location("edgeq_audio", sibling)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["edgeq_audio"] = module   # before running it: its dataclasses look their module up
+            spec.loader.exec_module(module)
+        return sys.modules["edgeq_audio"]
+    try:
+        from edgeq import audio
+        return audio
+    except ImportError:
+        raise RunnerError("audio input needs edgeq_audio.py next to the runner (edgeq uploads it; the "
+                          "edgeq-runner wheel includes it).") from None
 
 
 def prepare_image(pixels: np.ndarray, shape: list, prep: dict | None) -> np.ndarray:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
+# torch is imported inside the functions that use it: every runtime imports this module, and a process that
+# only times exported files (the placement search's fresh-process check) should not pay torch's import.
 Outputs = list
 
 
@@ -101,12 +102,14 @@ def as_samples(value) -> Samples:
 
 def flatten_outputs(value) -> list[torch.Tensor]:
     """A model's return value (tensor, tuple, list, dict, nested) as a flat list of tensors."""
+    import torch
     leaves, _ = torch.utils._pytree.tree_flatten(value)
     return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
 def output_names(value) -> list[str]:
     """Names for the flattened outputs: 'output' for one, else their pytree paths (dict keys, indices)."""
+    import torch
     paths, _ = torch.utils._pytree.tree_flatten_with_path(value)
     tensors = [(path, leaf) for path, leaf in paths if isinstance(leaf, torch.Tensor)]
     if len(tensors) == 1:
@@ -156,6 +159,8 @@ def _assemble(pieces: list, n: int) -> Outputs:
 
 def run_graph(gm: torch.fx.GraphModule, samples, batch_size: int) -> Outputs:
     """The captured (fake-quant or float) graph on ``samples`` in torch, without gradients."""
+    import torch
+
     def forward(arrays):
         return [t.detach().cpu().numpy() for t in flatten_outputs(gm(*[torch.from_numpy(a) for a in arrays]))]
     with torch.no_grad():

@@ -387,3 +387,15 @@ def test_an_unsure_step_is_timed_again_and_decided_on_both_rotations(tmp_path, t
     gains.append(1.0)
     assert not timer.compare(fp32, [fp32])[0].faster(placement.MARGIN) and timer.extended == 1
     assert timer.measured == 3
+
+
+def test_a_fresh_timing_process_does_not_import_torch():
+    """The search's final check spawns a process that only times exported files: what it imports (the timing
+    module and both CPU runtimes) must not pull in torch, a ~4 s import per search on a slow CPU."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgeq.profile.latency import paired_blocks_knowing; "
+            "import edgeq.runtimes.ort, edgeq.runtimes.openvino; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

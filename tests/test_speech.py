@@ -218,7 +218,12 @@ def test_the_runner_transcribes_a_wav_clip_without_edgeq(speech_bundle, tmp_path
     for clip in clips:
         shutil.copy(clip, tmp_path / clip.name)
     (tmp_path / "probe.py").write_text(
-        "import json, os, sys\nsys.path.insert(0, os.getcwd())\nimport edgeq_runner\n"
+        # loads the runner by its path: with -I the folder is not on sys.path, so the runner must find
+        # edgeq_audio.py beside itself (as on a device), not fall back to an installed edgeq
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('edgeq_runner', 'edgeq_runner.py')\n"
+        "edgeq_runner = importlib.util.module_from_spec(spec); sys.modules['edgeq_runner'] = edgeq_runner\n"
+        "spec.loader.exec_module(edgeq_runner)\n"
         "rc = edgeq_runner.main(sys.argv[1:])\n"
         "print(json.dumps(sorted(m for m in ('torch', 'onnx', 'edgeq', 'scipy') if m in sys.modules)))\n")
     heard = []

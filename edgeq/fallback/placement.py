@@ -263,9 +263,9 @@ class Timer:
         return ratios
 
     def _blocks(self, reference: Path, candidates: list[Path], fresh_process: bool, timing: dict):
-        from ..profile.latency import paired_blocks
+        from ..profile.latency import paired_blocks, paired_blocks_knowing
         if fresh_process:
-            return _in_fresh_process(_blocks_knowing, self.found, reference, candidates, **timing)
+            return _in_fresh_process(paired_blocks_knowing, self.found, reference, candidates, **timing)
         return paired_blocks(reference, candidates, sessions=self.sessions, **timing)
 
     def _keep_sessions_of(self, paths: list[Path]) -> None:
@@ -294,14 +294,6 @@ def _pooled(rotations: list) -> list[Ratio]:
     from ..profile.latency import pooled_ratio
     return [pooled_ratio([ref for ref, _ in rotations], [cands[i] for _, cands in rotations])
             for i in range(len(rotations[0][1]))]
-
-
-def _blocks_knowing(found, reference, candidates, **timing):
-    """``profile.latency.paired_blocks`` in a process that learns the target first (a YAML target, an SSH host)."""
-    from ..profile.latency import paired_blocks
-    from ..target import remember
-    remember(found)
-    return paired_blocks(reference, candidates, **timing)
 
 
 def _in_fresh_process(function, *args, **kwargs):

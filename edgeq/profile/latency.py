@@ -120,6 +120,14 @@ def paired_blocks(reference: str | Path, candidates: list[str | Path], runs: int
             [_block_medians(probes[f"c{i}"][1].times, block) for i in range(len(candidates))])
 
 
+def paired_blocks_knowing(found, reference, candidates, **timing):
+    """``paired_blocks`` in a process that learns the target first (a YAML target, an SSH host). It lives here so
+    that a freshly spawned timing process imports this module and the runtime only, not torch (≈4 s)."""
+    from ..target import remember
+    remember(found)
+    return paired_blocks(reference, candidates, **timing)
+
+
 def pooled_ratio(reference_blocks: list[np.ndarray], candidate_blocks: list[np.ndarray], seed: int = 0) -> "Ratio":
     """The Ratio of the paired blocks of several rotations together."""
     return _ratio(np.concatenate(reference_blocks), np.concatenate(candidate_blocks), seed)
