@@ -100,16 +100,15 @@ class Remote:
         self.uploads = 0
 
     def __enter__(self) -> "Remote":
-        out = self._ssh("umask 077 && mktemp -d /tmp/edgeq-runner.XXXXXXXX", timeout=CONNECT_TIMEOUT_S + 20).strip()
+        # one connection makes the directory and unpacks the runner into it (a handshake costs ~0.4 s on
+        # loopback, more on a Pi; a placement search opens a session per measurement). A failed unpack removes
+        # the directory before it reports.
+        out = self._ssh('umask 077 && d=$(mktemp -d /tmp/edgeq-runner.XXXXXXXX) && cd "$d" && '
+                        '{ tar -xof - || { cd / && rm -rf -- "$d"; exit 3; }; } && echo "$d"',
+                        data=_runner_tar(), timeout=CONNECT_TIMEOUT_S + 60).strip()
         if not REMOTE_DIR.match(out):
             raise RemoteError(f"{self.host.label} did not create a private temporary directory (mktemp said {out!r}).")
         self.dir = out
-        try:
-            self._put(RUNNER_FILE, "edgeq_runner.py")
-            self._put(AUDIO_FILE, "edgeq_audio.py")   # log-mel features for speech models' .wav input
-        except BaseException:
-            self.__exit__()   # ``with`` does not clean up after a failed __enter__
-            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,10 +145,11 @@ class Remote:
         with open(local, "rb") as f:
             self._ssh(f"cat > {shlex.quote(self.dir + '/' + name)}", stdin=f, timeout=CONNECT_TIMEOUT_S + 300)
 
-    def _ssh(self, command: str, timeout: float, stdin=None, runner_call: bool = False) -> str:
+    def _ssh(self, command: str, timeout: float, stdin=None, data: bytes | None = None,
+             runner_call: bool = False) -> str:
+        feed = {"input": data} if data is not None else {"stdin": stdin if stdin else subprocess.DEVNULL}
         try:
-            done = subprocess.run(ssh_base(self.host) + [command], stdin=stdin if stdin else subprocess.DEVNULL,
-                                  capture_output=True, timeout=timeout)
+            done = subprocess.run(ssh_base(self.host) + [command], capture_output=True, timeout=timeout, **feed)
         except subprocess.TimeoutExpired:
             raise RemoteError(f"the run on {self.host.label} exceeded its timeout of {timeout:.0f} s.") from None
         except FileNotFoundError:
@@ -165,6 +165,18 @@ class Remote:
                                   f"3.10+ with numpy and onnxruntime).")
             raise RemoteError(f"on {self.host.label}: {last.removeprefix('edgeq-runner: ')}")
         return done.stdout.decode(errors="replace")
+
+
+def _runner_tar() -> bytes:
+    """The runner and its audio features (log-mel for speech models' .wav input) as a tar stream, under the
+    names the device runs them by."""
+    import io
+    import tarfile
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for local, name in ((RUNNER_FILE, "edgeq_runner.py"), (AUDIO_FILE, "edgeq_audio.py")):
+            tar.add(local, arcname=name)
+    return buffer.getvalue()
 
 
 def check(host: Host) -> dict:

@@ -227,6 +227,7 @@ class Timer:
         # loaded sessions of the current reference and candidates: each step loads only its new candidate
         # (OpenVINO compiled each int8 form in ~2 s, three times per step, a third of a search's time)
         self.sessions: dict = {}
+        self.latency_ms: dict[str, float] = {}   # median ms per model structure, from measurements so far
 
     def _load(self) -> dict:
         try:
@@ -236,18 +237,14 @@ class Timer:
 
     def compare(self, reference: Path, candidates: list[Path], factor: int = 1,
                 fresh_process: bool = False) -> list[Ratio]:
-        from ..profile.latency import BLOCK, interleave
-        key = "|".join([self.prefix, *(structure_hash(p) for p in (reference, *candidates)), f"x{factor}",
-                        *(["fresh"] if fresh_process else [])])
+        hashes = [structure_hash(p) for p in (reference, *candidates)]
+        key = "|".join([self.prefix, *hashes, f"x{factor}", *(["fresh"] if fresh_process else [])])
         if key in self.entries:
             self.hits += 1
-            return [Ratio(*r) for r in self.entries[key]]
+            return self._noted(hashes, [Ratio(*r) for r in self.entries[key]])
         began = time.perf_counter()
         self._keep_sessions_of([reference, *candidates])
-        _, probe = interleave({"a": reference}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
-                              target=self.target, block=BLOCK, sessions=self.sessions)["a"]
-        per_model = PAIR_BUDGET_MS / max(float(np.median(probe.times)), 0.05) / 2
-        runs = max(30, min(60, int(per_model))) * factor
+        runs = max(30, min(60, int(PAIR_BUDGET_MS / self._reference_ms(reference, hashes[0]) / 2))) * factor
         timing = dict(runs=runs, batch=self.batch, threads=self.threads, target=self.target)
         if fresh_process:
             self.sessions.clear()
@@ -260,6 +257,21 @@ class Timer:
         self.measured += 1
         self.seconds += time.perf_counter() - began
         self.entries[key] = [[r.reference_ms, r.candidate_ms, r.ratio, r.low, r.high] for r in ratios]
+        return self._noted(hashes, ratios)
+
+    def _reference_ms(self, reference: Path, structure: str) -> float:
+        """The reference's latency, to size the runs: known from an earlier measurement (the search's reference
+        was last step's candidate), else probed with a few runs (a whole device session on an SSH target)."""
+        from ..profile.latency import BLOCK, interleave
+        if structure not in self.latency_ms:
+            _, probe = interleave({"a": reference}, runs=3, warmup=1, batch=self.batch, threads=self.threads,
+                                  target=self.target, block=BLOCK, sessions=self.sessions)["a"]
+            self.latency_ms[structure] = float(np.median(probe.times))
+        return max(self.latency_ms[structure], 0.05)
+
+    def _noted(self, hashes: list[str], ratios: list[Ratio]) -> list[Ratio]:
+        self.latency_ms[hashes[0]] = ratios[0].reference_ms
+        self.latency_ms.update((h, r.candidate_ms) for h, r in zip(hashes[1:], ratios))
         return ratios
 
     def _blocks(self, reference: Path, candidates: list[Path], fresh_process: bool, timing: dict):
