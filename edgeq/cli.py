@@ -403,11 +403,14 @@ def _print_profile(r: dict) -> None:
               help="Folder for report.json, report.md and report.html.")
 @click.option("--keep-artifacts", is_flag=True, help="Keep the measured files in OUTPUT/artifacts.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--incumbents/--no-incumbents", default=True, show_default=True,
+              help="Also quantize with ONNX Runtime's quantize_static and NNCF and report them (--no-incumbents: "
+                   "edgeq and float only, e.g. for a CI gate that compares edgeq with itself).")
 @metric_options
 @command
 @host_option
 def report(source, weights, num_classes, in_chans, input_shape, dynamic, trust_pickle, targets, recipes, calib,
-           data, eval_limit, runs, out, keep_artifacts, force, metric, charset, blank, labels, as_json):
+           data, eval_limit, runs, out, keep_artifacts, force, incumbents, metric, charset, blank, labels, as_json):
     """Every variant of a model (or bundle) on every target: accuracy, latency, size, PTQ time, as a report."""
     from .report import ReportSpec, make_report
     if labels:
@@ -417,7 +420,7 @@ def report(source, weights, num_classes, in_chans, input_shape, dynamic, trust_p
     if trust_pickle:
         model_args["trust_pickle"] = True
     spec = ReportSpec(source, tuple(_names(targets)), tuple(_names(recipes)), calib, data, runs, eval_limit,
-                      _metric_choice(metric, charset, blank), model_args)
+                      _metric_choice(metric, charset, blank), model_args, incumbents)
     result = make_report(spec, out, force, keep_artifacts)
     _emit({k: v for k, v in result.items() if k != "markdown"}, as_json,
           lambda r: click.echo(result["markdown"] + f"\nreport: {r['files']['html']}"))

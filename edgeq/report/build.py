@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import ui
-from ..data import check_exists
 from ..envinfo import machine, package_versions
 from ..errors import EdgeqError
 from ..target import Target, get_target
@@ -55,6 +54,7 @@ class ReportSpec:
     eval_limit: int | None = None
     metric: object = None                      # an api.MetricChoice; default top-1 for class labels
     quantize_args: dict = field(default_factory=dict)   # model options passed to api.quantize
+    incumbents: bool = True                    # ORT quantize_static and NNCF rows beside edgeq's
 
 
 def build_report(spec: ReportSpec, work: Path) -> dict:
@@ -66,6 +66,7 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
     recipes = {r: load_recipe(r) for r in spec.recipes}   # a bad recipe fails before any work
     if not recipes and not _is_bundle(spec.source):
         raise EdgeqError("give at least one recipe (--recipes) to report on a model.")
+    from ..data import check_exists   # here: data pulls in torch, which `edgeq gate` on reports never needs
     check_exists(spec.calib, "calibration")
     check_exists(spec.data, "evaluation")   # before minutes of quantizing, not after
     metric = (spec.metric.load() if spec.metric is not None else None)
@@ -154,6 +155,8 @@ def _baselines(spec: ReportSpec, bundle: Path | None, runnable: list[Target], wo
             api.export(bundle, "onnx", path, precision=precision)
         variants.append(Variant(precision, "float", {t.name: Built(path) for t in runnable} if bundle else {},
                                 None if bundle else "no bundle to export from"))
+    if not spec.incumbents:
+        return variants
     try:   # the incumbents: ONNX Runtime's quantize_static, and NNCF where it is installed
         from ..baselines import incumbent_variants
         return variants + incumbent_variants(work, _calibration(spec, work), runnable)
