@@ -482,12 +482,13 @@ def bench(suite, models, recipes, runs, eval_limit, out_dir, metric, decisions, 
 @click.option("--max-rounds", default=60, show_default=True, type=int, help="Interleaved: most rounds before deciding.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
 @click.option("--data", help="Artifacts with --max-drop: labelled evaluation data (e.g. zoo:test).")
+@click.option("--eval-limit", type=int, help="Artifacts with --max-drop: evaluate both on the first N samples.")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")
 @metric_options
 @command
 @host_option
 def gate(baseline, current, target, mode, max_slowdown, alpha, max_drop, max_size_growth, variants, max_rounds,
-         threads, data, summary_path, metric, charset, blank, labels, as_json):
+         threads, data, eval_limit, summary_path, metric, charset, blank, labels, as_json):
     """Fail (exit 1) when CURRENT is slower, less accurate or bigger than BASELINE; exit 0 when not, 2 on bad input."""
     from .fsutil import check_output, write_text_atomic
     from .gate import GateOptions, run_gate
@@ -495,7 +496,7 @@ def gate(baseline, current, target, mode, max_slowdown, alpha, max_drop, max_siz
     if summary_path:
         check_output(summary_path, force=True)
     options = GateOptions(target, mode, max_slowdown, alpha, max_drop, max_size_growth, tuple(variants),
-                          max_rounds, threads, data, _metric_choice(metric, charset, blank), labels)
+                          max_rounds, threads, data, _metric_choice(metric, charset, blank), labels, eval_limit)
     result = run_gate(baseline, current, options).to_dict()
     text = markdown(result)
     if summary_path:

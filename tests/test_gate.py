@@ -108,7 +108,8 @@ def test_interleaved_identical_copy_passes_and_slowed_copy_fails(zoo_artifacts, 
 
 def test_a_bundle_is_exported_for_the_target_and_compared(zoo_artifacts):
     done = _gate("--baseline", zoo_artifacts["bundle"], "--current", zoo_artifacts["base"], "--json",
-                 "--max-drop", "0.5", "--data", "zoo:test", "--threads", "1", "--max-slowdown", "0.2")
+                 "--max-drop", "0.5", "--data", "zoo:test", "--eval-limit", "2000", "--threads", "1",
+                 "--max-slowdown", "0.2")
     assert done.returncode == 0, done.stderr
     findings = {f["metric"]: f for f in json.loads(done.stdout)["findings"]}
     assert findings["accuracy (top1)"]["baseline"] == findings["accuracy (top1)"]["current"]
@@ -202,3 +203,5 @@ def test_bad_input_is_one_sentence_and_exit_2(zoo_artifacts, zoo_report, tmp_pat
         assert done.returncode == 2, (message, done.stdout, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
         assert not summary.exists()
+    done = _gate("--baseline", base, "--current", base, "--max-drop", "1", "--data", "zoo:test", "--eval-limit", "0")
+    assert done.returncode == 2 and "--eval-limit must be positive (got 0)." in done.stderr, done.stderr

@@ -54,6 +54,7 @@ class GateOptions:
     data: str | None = None          # artifacts only: evaluation data for --max-drop
     metric: object = None            # an api.MetricChoice for that evaluation
     labels: str | None = None        # labels stored apart from --data
+    eval_limit: int | None = None    # evaluate both artifacts on the first N samples of --data
 
     def validate(self) -> "GateOptions":
         if self.mode not in MODES:
@@ -64,6 +65,8 @@ class GateOptions:
                 raise GateError(f"{name} must not be negative (got {value}).")
         if not 0 < self.alpha < 1:
             raise GateError(f"--alpha must lie between 0 and 1 (got {self.alpha}).")
+        if self.eval_limit is not None and self.eval_limit <= 0:
+            raise GateError(f"--eval-limit must be positive (got {self.eval_limit}).")
         if self.max_rounds < MIN_ROUNDS:
             raise GateError(f"--max-rounds must be at least {MIN_ROUNDS} (got {self.max_rounds}).")
         return self
@@ -209,7 +212,7 @@ def _drop_finding(b: Entry, base: float, cur: float, metric: dict, max_drop: flo
 
 def _evaluate(artifact: Path, target: str, o: GateOptions) -> tuple[float, dict]:
     from ..evaluate import evaluate_artifact
-    result = evaluate_artifact(artifact, o.data, metric=o.metric, labels=o.labels, target=target)
+    result = evaluate_artifact(artifact, o.data, o.eval_limit, metric=o.metric, labels=o.labels, target=target)
     if "metric" not in result:
         raise GateError(f"{o.data} has no labels for a metric; --max-drop needs labelled data or --metric.")
     m = result["metric"]
