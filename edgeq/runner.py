@@ -414,8 +414,7 @@ def load_input(path: str, shape: list, prep: dict | None) -> np.ndarray:
 
 
 def audio_features(file: Path, shape: list, prep: dict | None) -> np.ndarray:
-    """[1, frames, mels] features of a WAV clip, computed by ``edgeq.audio`` (shipped next to this file as
-    ``edgeq_audio.py`` when the runner runs without edgeq)."""
+    """[1, frames, mels] features of a WAV clip, computed by ``edgeq.audio`` (see ``_audio_module``)."""
     if not prep or prep.get("kind") != "log-mel":
         raise RunnerError(f"{file.name} is audio, but this model takes no audio features (its input is {shape}).")
     audio = _audio_module()
@@ -430,20 +429,19 @@ def _audio_module():
     """edgeq's audio code: the copy next to this file (uploaded by edgeq, or installed by the edgeq-runner wheel),
     loaded by its path because ``python -I`` / ``-P`` leave the script's folder off sys.path; else edgeq's own."""
     sibling = Path(__file__).with_name("edgeq_audio.py")
-    if sibling.is_file():
-        if "edgeq_audio" not in sys.modules:
-            import importlib.util
-            spec = importlib.util.spec_from_file_location("edgeq_audio", sibling)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["edgeq_audio"] = module   # before running it: its dataclasses look their module up
-            spec.loader.exec_module(module)
+    if sibling.is_file() and "edgeq_audio" not in sys.modules:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("edgeq_audio", sibling)
+        sys.modules["edgeq_audio"] = module = importlib.util.module_from_spec(spec)   # first: its dataclasses ask
+        spec.loader.exec_module(module)
+    if "edgeq_audio" in sys.modules:
         return sys.modules["edgeq_audio"]
     try:
         from edgeq import audio
-        return audio
     except ImportError:
         raise RunnerError("audio input needs edgeq_audio.py next to the runner (edgeq uploads it; the "
                           "edgeq-runner wheel includes it).") from None
+    return audio
 
 
 def prepare_image(pixels: np.ndarray, shape: list, prep: dict | None) -> np.ndarray:
