@@ -113,6 +113,7 @@ def test_a_bundle_is_exported_for_the_target_and_compared(zoo_artifacts):
     assert done.returncode == 0, done.stderr
     findings = {f["metric"]: f for f in json.loads(done.stdout)["findings"]}
     assert findings["accuracy (top1)"]["baseline"] == findings["accuracy (top1)"]["current"]
+    assert findings["accuracy (top1)"]["statistic"].endswith("on 2000 samples of zoo:test")   # --eval-limit
 
 
 @pytest.fixture(scope="module")

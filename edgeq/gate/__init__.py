@@ -199,21 +199,23 @@ def _accuracy(b: Entry, c: Entry, base, cur, o: GateOptions) -> list[dict]:
             return []
         return [_drop_finding(b, b.score, c.score, base.report["metric"], o.max_drop)]
     scores = [_evaluate(e.artifact, e.target, o) for e in (b, c)]
-    return [_drop_finding(b, scores[0][0], scores[1][0], scores[0][1], o.max_drop)]
+    return [_drop_finding(b, scores[0][0], scores[1][0], scores[0][1], o.max_drop,
+                          f" on {scores[0][2]} samples of {o.data}")]
 
 
-def _drop_finding(b: Entry, base: float, cur: float, metric: dict, max_drop: float) -> dict:
+def _drop_finding(b: Entry, base: float, cur: float, metric: dict, max_drop: float, on: str = "") -> dict:
     drop = (base - cur) if metric.get("higher_is_better", True) else (cur - base)
     unit = metric.get("unit") or ""
     return _finding(b, f"accuracy ({metric.get('name')})", base, cur, round(cur - base, 4),
-                    f"drop {drop:.4g}{unit} (limit {max_drop:g}{unit})", "regression" if drop > max_drop else "pass",
-                    unit or "units")
+                    f"drop {drop:.4g}{unit} (limit {max_drop:g}{unit}){on}",
+                    "regression" if drop > max_drop else "pass", unit or "units")
 
 
-def _evaluate(artifact: Path, target: str, o: GateOptions) -> tuple[float, dict]:
+def _evaluate(artifact: Path, target: str, o: GateOptions) -> tuple[float, dict, int]:
     from ..evaluate import evaluate_artifact
     result = evaluate_artifact(artifact, o.data, o.eval_limit, metric=o.metric, labels=o.labels, target=target)
     if "metric" not in result:
         raise GateError(f"{o.data} has no labels for a metric; --max-drop needs labelled data or --metric.")
     m = result["metric"]
-    return m["value"], {"name": m["name"], "unit": m["unit"], "higher_is_better": m["higher_is_better"]}
+    return (m["value"], {"name": m["name"], "unit": m["unit"], "higher_is_better": m["higher_is_better"]},
+            result["samples"])
