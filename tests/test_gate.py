@@ -140,6 +140,7 @@ def test_report_mode_tests_stored_samples(zoo_report, tmp_path):
     assert result["mode"] == "report" and "weaker than interleaved" in result["notes"][0]
     variants = {f["variant"] for f in result["findings"]}
     assert variants == {"fp32", "fp16", "w8a8-fast"}   # --no-incumbents: no ORT/NNCF rows built or compared
+    assert "not run: --no-incumbents" in (zoo_report / "report.md").read_text()   # and the report says so
 
     def slower_int8(report):
         for row in report["rows"]:

@@ -157,7 +157,7 @@ def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
     x = rng.standard_normal((8, 4, 8, 8)).astype(np.float32)
     counts = openvino_form.openvino_form(model, Samples((x,)), batch_size=1)
     assert counts == {"openvino_quantizers_added": 1, "openvino_quantizers_shared": 0,   # t only
-                      "openvino_channels_first_islands": 0}
+                      "openvino_channels_first_islands": 0, "openvino_permutation_chains": 0}
     add = next(n for n in model.graph.node if n.op_type == "Add")
     assert "td" not in add.input
     import onnxruntime as ort

@@ -383,3 +383,35 @@ class LocalValueAttention(nn.Module):
 def local_value_attention():
     torch.manual_seed(0)
     return LocalValueAttention().eval()
+
+
+class PatchTokens(nn.Module):
+    """MobileViT's block in small, written as timm writes it: a conv's map unfolded into tokens of 2×2 patches
+    (Reshape/Transpose chains), LayerNorm and an MLP over the tokens, folded back into a 1×1 conv."""
+
+    edgeq_input_shape = (1, 3, 32, 32)
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, stride=2, padding=1)
+        self.conv_1x1 = nn.Conv2d(dim, dim, 1, bias=False)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        x = self.conv_1x1(torch.relu(self.stem(x)))
+        b, c, h, w = x.shape
+        nh, nw = h // 2, w // 2
+        t = x.reshape(b * c * nh, 2, nw, 2).transpose(1, 2)
+        t = t.reshape(b, c, nh * nw, 4).transpose(1, 3).reshape(b * 4, nh * nw, c)
+        t = t + self.fc2(F.gelu(self.fc1(self.norm(t))))
+        t = t.contiguous().view(b, 4, nh * nw, c).transpose(1, 3).reshape(b * c * nh, nw, 2, 2)
+        x = t.transpose(1, 2).reshape(b, c, h, w)
+        return self.head(torch.relu(self.proj(x)).mean((2, 3)))
+
+
+def patch_tokens():
+    torch.manual_seed(0)
+    return PatchTokens().eval()

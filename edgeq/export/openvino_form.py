@@ -45,6 +45,9 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
 
 - **No channels-last islands**: a ConvNeXt-style block's NHWC Transposes cost OpenVINO more than its int8 linear
   layers save; ``openvino_layout`` writes those blocks channels-first, after the quantizers are in place.
+- **One Transpose per Reshape/Transpose chain, NHWC beside the convolutions**: MobileViT's unfold/fold run as
+  two generic Transposes plus a slow planar reorder of the convolution's output; ``permutes`` writes each chain
+  as one Transpose, with a Transpose to/from NHWC that the convolution's own reorder absorbs.
 
 - **Each weight dequantization is its own** (``qdq.own_weight_quantizer_params``, for every form): a scale or
   zero-point initializer shared by several layers' weights made OpenVINO, with the batch fixed, run those
@@ -63,6 +66,7 @@ from onnx import TensorProto, helper, shape_inference
 
 from ..samples import Samples
 from .openvino_layout import channels_first
+from .permutes import merge_permutation_chains
 from .qdq import GraphIndex
 
 PREFIX = "edgeq_ov_"
@@ -73,7 +77,8 @@ _NOT_ACTIVATIONS = frozenset({"DequantizeLinear", "QuantizeLinear", "Constant", 
 
 def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16) -> dict:
     """Add OpenVINO's extra int8 edges to ``model`` (in place), then write its channels-last islands
-    channels-first (``openvino_layout``); returns the counts for the sidecar."""
+    channels-first (``openvino_layout``) and its Reshape/Transpose chains as one Transpose (``permutes``);
+    returns the counts for the sidecar."""
     g = GraphIndex(model)
     activations = _activations(g)
     edges = _propagated(g, _wanted_edges(g, activations), activations)
@@ -91,7 +96,7 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
     _insert_in_order(model, inserted)
     islands = channels_first(model)
     return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared),
-            "openvino_channels_first_islands": islands}
+            "openvino_channels_first_islands": islands, "openvino_permutation_chains": merge_permutation_chains(model)}
 
 
 def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:

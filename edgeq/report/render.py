@@ -85,7 +85,9 @@ def _intro(report: dict) -> list[str]:
             f"Latency: every measured row in one run, in blocks of 5 runs visited in a new random order each round "
             f"(batch and threads from each target's file); speed-ups from paired blocks with a 90 % interval, "
             f"\"≈1\" when it includes 1; on {env['processor']}, {env['cpu_count']} cores, "
-            f"ISA {', '.join(env.get('isa') or ['unknown'])}. Generated {report['generated']}.", *speech]
+            f"ISA {', '.join(env.get('isa') or ['unknown'])}. Generated {report['generated']}.", *speech,
+            *(["Incumbent quantizers (ONNX Runtime's quantize_static, NNCF) not run: --no-incumbents."]
+              if report.get("incumbents_skipped") else [])]
 
 
 def bundles(report: dict) -> list[tuple[dict, list[str]]]:

@@ -1,0 +1,63 @@
+"""The openvino form's permutation pass (edgeq/export/permutes.py): Reshape/Transpose chains as one Transpose."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeq import api
+from edgeq.export import openvino_form, permutes
+from edgeq.runtimes import ort as ort_cpu
+
+TINY = os.path.join(os.path.dirname(__file__), "tiny_models.py")
+
+
+@pytest.mark.parametrize("dims, perm", [((2, 3, 4), (2, 0, 1)), ((16, 2, 16, 2, 8), (1, 3, 0, 2, 4)),
+                                        ((4, 256, 3), (2, 0, 1)), ((5, 7), (0, 1)), ((3, 1, 4), (1, 0, 2))])
+def test_a_transpose_is_read_back_from_its_index_array_with_as_few_axes_as_it_needs(dims, perm):
+    source = np.arange(int(np.prod(dims))).reshape(dims).transpose(perm).ravel()
+    found_dims, found_perm = permutes._as_transpose(source)
+    assert np.array_equal(np.arange(source.size).reshape(found_dims).transpose(found_perm).ravel(), source)
+    moved = [d for d, p in zip(dims, perm) if d > 1]
+    assert len(found_dims) <= max(len(moved), 1)
+
+
+def test_an_order_that_is_no_transpose_is_left_alone():
+    assert permutes._as_transpose(np.random.default_rng(0).permutation(24)) is None
+    assert permutes._as_transpose(np.array([0, 2, 1, 3, 4, 5])) is None
+
+
+def _transposes(record) -> list[tuple[int, ...]]:
+    return sorted(tuple(a.ints) for n in onnx.load(record["path"]).graph.node if n.op_type == "Transpose"
+                  for a in n.attribute if a.name == "perm")
+
+
+def _openvino_transposes(record) -> int:
+    """Transposes OpenVINO's CPU plugin runs on activations (not the ones of constant weights)."""
+    from edgeq.runtimes.openvino import compile_model
+
+    def kind(op) -> str:
+        return op.get_rt_info()["layerType"].astype(str)
+    compiled = compile_model(record["path"], threads=2, batch=1)
+    return sum(kind(op) == "Transpose" and kind(op.input(0).get_source_output().get_node()) != "Const"
+               for op in compiled.get_runtime_model().get_ordered_ops())
+
+
+def test_mobilevit_unfold_and_fold_become_one_transpose_each_with_nhwc_beside_the_convolutions(
+        calib_npy, tmp_path, monkeypatch):
+    """timm's unfold (Reshape-Transpose-Reshape-Transpose-Reshape) after a conv and fold before one: the openvino
+    form writes each as one Transpose plus a Transpose to/from NHWC, which OpenVINO merges into the
+    convolution's reorder; every value is the same, at any batch."""
+    bundle = tmp_path / "patches.edgeq"
+    api.quantize(f"{TINY}:patch_tokens", str(calib_npy), "w8a8-fast", bundle, seed=0)
+    merged = api.export(bundle, "onnx", tmp_path / "merged.onnx", precision="int8", target="openvino-cpu")
+    monkeypatch.setattr(openvino_form, "merge_permutation_chains", lambda model: 0)
+    kept = api.export(bundle, "onnx", tmp_path / "kept.onnx", precision="int8", target="openvino-cpu")
+    assert merged["passes"]["openvino_permutation_chains"] == 2
+    assert _transposes(kept) == [(0, 2, 1, 3), (0, 2, 1, 3), (0, 3, 2, 1), (0, 3, 2, 1)]
+    assert _transposes(merged) == [(0, 2, 3, 1), (0, 2, 4, 1, 3, 5), (0, 3, 1, 2), (0, 3, 1, 4, 2, 5)]
+    x = np.load(calib_npy)
+    for batch in (1, 3):
+        outputs = [ort_cpu.OrtSession(r["path"]).infer([x[:batch]])[0] for r in (kept, merged)]
+        np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-6)
+    assert (_openvino_transposes(kept), _openvino_transposes(merged)) == (4, 2)
