@@ -5,11 +5,11 @@ MobileViT's unfold (a convolution's NCHW feature map → tokens of 2×2 patches)
 Transpose-Reshape, and its fold the reverse, into the next convolution. OpenVINO's CPU plugin runs each Transpose
 with its generic kernel, and before the unfold's first one it reorders the convolution's output from the
 convolution's own layout (NHWC in int8, blocked in f32) to planar NCHW, with a slow reference reorder
-(mobilevit_xxs at 256²: 0.34 ms of ~4.4 ms in int8, one reorder at stage 3). The same element order is a
+(mobilevit_xxs at 256²: 0.34 of 4.8 ms of int8 op time, one reorder at stage 3). The same element order is a
 Transpose to NHWC, which the plugin merges with the convolution's output reorder, then one 6-D Transpose; the
 fold likewise ends in a Transpose to NCHW that the next convolution's input reorder absorbs. Measured on an AMD
-EPYC with AVX512-VNNI (session 20, paired runs, 256×256): mobilevit_xxs's openvino form 1.39x → 1.65x OpenVINO
-FP32, and the FP32 graph written the same way 1.19x (the layout's share, as for ``openvino_layout``).
+EPYC with AVX512-VNNI (session 20, paired runs, 256×256): mobilevit_xxs's openvino form 1.28–1.43x → 1.65–1.68x
+OpenVINO FP32, and the FP32 graph written the same way 1.19x (the layout's share, as for ``openvino_layout``).
 
 A chain is rewritten only when its composite is a plain transpose of its input (checked element by element on
 index arrays), with the batch the outermost axis on both sides, so the values are the same for every batch.
@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from .openvino_layout import TO_NCHW, TO_NHWC, _perm
 from .qdq import GraphIndex, remove_unused_initializers
 
 PREFIX = "edgeq_perm_"
 CHAIN_OPS = frozenset({"Reshape", "Transpose"})
-TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
 def merge_permutation_chains(model: onnx.ModelProto) -> int:
@@ -113,7 +113,7 @@ def _steps(g: GraphIndex, chain: list[onnx.NodeProto]) -> list[tuple[str, list[i
     steps = []
     for node in chain:
         if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            perm = _perm(node)
             if perm is None:
                 return None
             steps.append(("transpose", perm))

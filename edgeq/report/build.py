@@ -77,7 +77,7 @@ def build_report(spec: ReportSpec, work: Path) -> dict:
            f"measuring accuracy and latency on {', '.join(t.name for t in runnable) or 'no target'}")
     report = assess(_model_of(spec.source, variants), variants, targets, spec.data, spec.eval_limit, metric, spec.runs)
     if not spec.incumbents:
-        report["incumbents_skipped"] = True   # said in the report, so a reader does not take their absence for a failure
+        report["incumbents_skipped"] = True   # said, so their absence does not read as a failure
     return report
 
 
