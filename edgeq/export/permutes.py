@@ -11,10 +11,17 @@ fold likewise ends in a Transpose to NCHW that the next convolution's input reor
 EPYC with AVX512-VNNI (session 20, paired runs, 256×256): mobilevit_xxs's openvino form 1.28–1.43x → 1.65–1.68x
 OpenVINO FP32, and the FP32 graph written the same way 1.19x (the layout's share, as for ``openvino_layout``).
 
+Attention's Kᵀ reaches its MatMul as Reshape-Transpose-Reshape, then the scalar Mul of the exported scaled dot
+product and the quantizer. The plugin folds a Transpose that feeds a MatMul into the MatMul (``transpose_b``), but
+not through the Mul and Q→DQ in between: a scalar Mul and a per-tensor Q→DQ pair commute with any permutation, so
+they move above the chain (same values), and the chain, now the MatMul's input, becomes that one Transpose.
+
 A chain is rewritten only when its composite is a plain transpose of its input (checked element by element on
 index arrays), with the batch the outermost axis on both sides, so the values are the same for every batch.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import onnx
@@ -29,13 +36,14 @@ CHAIN_OPS = frozenset({"Reshape", "Transpose"})
 
 def merge_permutation_chains(model: onnx.ModelProto) -> int:
     """Rewrite ``model``'s Reshape/Transpose chains (in place; see above); returns how many."""
-    g = GraphIndex(model)
     outputs = {o.name for o in model.graph.output}
+    _hoist_elementwise_into_matmuls(model, outputs)
+    g = GraphIndex(model)
     shapes = _static_shapes(model, 1), _static_shapes(model, 2)
     replacements: dict[int, list[onnx.NodeProto]] = {}
     retired: set[int] = set()
     for k, chain in enumerate(_chains(g, outputs)):
-        nodes = _rewritten(g, chain, [s.get(chain[0].input[0]) for s in shapes], k)
+        nodes = _rewritten(g, chain, shapes, k)
         if nodes is not None:
             replacements[id(chain[0])] = nodes
             retired.update(id(n) for n in chain[1:])
@@ -61,7 +69,10 @@ def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, .
         dims = tensor.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch
-    inferred = shape_inference.infer_shapes(fixed)
+    try:   # data propagation reads the reshapes' targets that the exporter computes from Shape and Concat
+        inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+    except Exception:   # noqa: BLE001 (onnx raises several kinds; without it the constant targets are still known)
+        inferred = shape_inference.infer_shapes(fixed)
     shapes = {}
     for v in [*inferred.graph.value_info, *inferred.graph.input]:
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
@@ -70,9 +81,71 @@ def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, .
     return shapes
 
 
+def _hoist_elementwise_into_matmuls(model: onnx.ModelProto, outputs: set[str]) -> None:
+    """Move [scalar Mul →] per-tensor Q → DQ that sit between a chain with a Transpose and a MatMul above the chain
+    (see above): the chain then feeds the MatMul itself."""
+    g = GraphIndex(model)
+    moves = []
+    for matmul in [n for n in model.graph.node if n.op_type == "MatMul"]:
+        for slot, name in enumerate(matmul.input):
+            ops = _elementwise_above(g, name, outputs)
+            chain = _chain_above(g, ops[-1].input[_data_slot(g, ops[-1])], outputs) if ops else []
+            if any(n.op_type == "Transpose" for n in chain):
+                moves.append((matmul, slot, ops, chain))
+    if not moves:
+        return
+    before: dict[int, list[onnx.NodeProto]] = {}   # the moved nodes, now in order just before each chain
+    for matmul, slot, ops, chain in moves:   # ops: DQ, Q[, Mul], from the MatMul up
+        top = ops[-1]
+        top.input[_data_slot(g, top)], chain[0].input[0] = chain[0].input[0], ops[0].output[0]
+        matmul.input[slot] = chain[-1].output[0]
+        before[id(chain[0])] = ops[::-1]
+    moved = {id(op) for ops in before.values() for op in ops}
+    nodes = [m for n in model.graph.node if id(n) not in moved for m in (*before.get(id(n), []), n)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    reshaped = {op.output[0] for ops in before.values() for op in ops}   # their shapes are the chain's input's now
+    infos = [v for v in model.graph.value_info if v.name not in reshaped]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+
+
+def _elementwise_above(g: GraphIndex, name: str, outputs: set[str]) -> list[onnx.NodeProto]:
+    """DQ, Q and an optional Mul by a scalar constant producing ``name``, each read only by the next, with
+    per-tensor quantization parameters (from the MatMul up); [] when the tensor is not made so."""
+    ops = []
+    for op in ("DequantizeLinear", "QuantizeLinear", "Mul"):
+        node = g.producer.get(name)
+        if node is None or node.op_type != op or len(g.consumers.get(node.output[0], [])) != 1 \
+                or node.output[0] in outputs:
+            break
+        data = _data_slot(g, node)
+        params = [g.array(i) for k, i in enumerate(node.input) if k != data]
+        if any(p is None or p.size != 1 for p in params):
+            break
+        ops.append(node)
+        name = node.input[data]
+    return ops if len(ops) >= 2 else []
+
+
+def _data_slot(g: GraphIndex, node: onnx.NodeProto) -> int:
+    """Which input of a Q, DQ or Mul is the tensor (a Mul may have its constant first)."""
+    return 1 if node.op_type == "Mul" and node.input[0] in g.inits else 0
+
+
+def _chain_above(g: GraphIndex, name: str, outputs: set[str]) -> list[onnx.NodeProto]:
+    """The Reshape/Transpose run ending in ``name``, each node read only by the next (first node first)."""
+    chain = []
+    while (node := g.producer.get(name)) is not None and node.op_type in CHAIN_OPS and node.output[0] not in outputs \
+            and len(g.consumers.get(node.output[0], [])) == 1:
+        chain.insert(0, node)
+        name = node.input[0]
+    return chain
+
+
 def _chains(g: GraphIndex, outputs: set[str]) -> list[list[onnx.NodeProto]]:
     """Maximal runs of Reshape/Transpose nodes, each feeding only the next, with two Transposes or more, or one
-    Transpose next to a convolution."""
+    Transpose next to a convolution or into a MatMul."""
     found = []
     for node in g.graph.node:
         producer = g.producer.get(node.input[0]) if node.op_type in CHAIN_OPS else None
@@ -82,8 +155,8 @@ def _chains(g: GraphIndex, outputs: set[str]) -> list[list[onnx.NodeProto]]:
         while (nxt := _next_in_chain(g, chain[-1], outputs)) is not None:
             chain.append(nxt)
         transposes = sum(n.op_type == "Transpose" for n in chain)
-        near_conv = len(chain) > 1 and (_from_conv(g, chain) or _into_conv(g, chain))
-        if transposes >= 2 or (transposes == 1 and near_conv):
+        near = len(chain) > 1 and (_from_conv(g, chain) or _into_conv(g, chain) or _into_matmul(g, chain))
+        if transposes >= 2 or (transposes == 1 and near):
             found.append(chain)
     return found
 
@@ -109,7 +182,13 @@ def _into_conv(g: GraphIndex, chain: list[onnx.NodeProto]) -> bool:
     return bool(users) and all(u.op_type == "Conv" for u in users)
 
 
-def _steps(g: GraphIndex, chain: list[onnx.NodeProto]) -> list[tuple[str, list[int]]] | None:
+def _into_matmul(g: GraphIndex, chain: list[onnx.NodeProto]) -> bool:
+    users = g.consumers.get(chain[-1].output[0], [])
+    return len(users) == 1 and users[0].op_type == "MatMul"
+
+
+def _steps(chain: list[onnx.NodeProto], shapes: dict) -> list[tuple[str, list[int]]] | None:
+    """The chain as (transpose, perm) and (reshape, output shape) steps at the batch ``shapes`` were inferred at."""
     steps = []
     for node in chain:
         if node.op_type == "Transpose":
@@ -117,12 +196,10 @@ def _steps(g: GraphIndex, chain: list[onnx.NodeProto]) -> list[tuple[str, list[i
             if perm is None:
                 return None
             steps.append(("transpose", perm))
+        elif node.output[0] in shapes:
+            steps.append(("reshape", list(shapes[node.output[0]])))
         else:
-            shape = g.array(node.input[1])
-            allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
-            if shape is None or (allowzero and 0 in shape.tolist()):
-                return None
-            steps.append(("reshape", shape.astype(int).tolist()))
+            return None
     return steps
 
 
@@ -132,26 +209,28 @@ def _composite(shape: tuple[int, ...], steps) -> np.ndarray | None:
     index = np.arange(int(np.prod(shape))).reshape(shape)
     try:
         for kind, arg in steps:
-            if kind == "transpose":
-                index = index.transpose(arg)
-            else:   # ONNX Reshape: 0 copies the input's dimension, -1 is inferred
-                index = index.reshape([index.shape[i] if d == 0 else d for i, d in enumerate(arg)])
+            index = index.transpose(arg) if kind == "transpose" else index.reshape(arg)
     except ValueError:
         return None
     return index
 
 
-def _rewritten(g: GraphIndex, chain: list[onnx.NodeProto], in_shapes, k: int) -> list[onnx.NodeProto] | None:
-    """The chain's replacement, given its input's shapes at batch 1 and 2; None when it is no transpose."""
-    steps = _steps(g, chain)
-    if steps is None or None in in_shapes:
+def _rewritten(g: GraphIndex, chain: list[onnx.NodeProto], shapes, k: int) -> list[onnx.NodeProto] | None:
+    """The chain's replacement, given the tensors' static shapes at batch 1 and 2; None when it is no transpose."""
+    in_shapes = [s.get(chain[0].input[0]) for s in shapes]
+    steps = [_steps(chain, s) for s in shapes]
+    if None in in_shapes or None in steps:
         return None
-    one, two = (_composite(shape, steps) for shape in in_shapes)
+    one, two = (_composite(shape, s) for shape, s in zip(in_shapes, steps))
     if one is None or two is None or not _batch_outermost(one, two):
         return None
-    source = one.ravel()   # output position -> input flat index, for one sample
     nhwc_in = len(in_shapes[0]) == 4 and in_shapes[0][0] == 1 and _from_conv(g, chain)
     nhwc_out = one.ndim == 4 and one.shape[0] == 1 and _into_conv(g, chain)
+    axes = None if nhwc_in or nhwc_out else _axes_perm(in_shapes[0], one)
+    if axes is not None:   # a permutation of the input's own axes: one Transpose (a MatMul folds it)
+        return [helper.make_node("Transpose", [chain[0].input[0]], [chain[-1].output[0]], name=f"{PREFIX}{k}_0",
+                                 perm=axes)]
+    source = one.ravel()   # output position -> input flat index, for one sample
     if nhwc_in:    # the input read as the NHWC tensor the first Transpose makes
         source = np.argsort(_nhwc_order(in_shapes[0][1:]))[source]
     if nhwc_out:   # the output written NHWC, then a Transpose to NCHW
@@ -187,6 +266,16 @@ def _batch_outermost(one: np.ndarray, two: np.ndarray) -> bool:
     n = one.size
     return (two.shape[1:] == one.shape[1:] and two.shape[0] == 2 * one.shape[0]
             and np.array_equal(two.ravel(), np.concatenate([one.ravel(), one.ravel() + n])))
+
+
+def _axes_perm(shape: tuple[int, ...], composite: np.ndarray) -> list[int] | None:
+    """The permutation of ``shape``'s axes, batch axis first, that ``composite`` is; None when it is none."""
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    for rest in itertools.permutations(range(1, len(shape))):
+        perm = [0, *rest]
+        if index.transpose(perm).shape == composite.shape and np.array_equal(index.transpose(perm), composite):
+            return perm
+    return None
 
 
 def _nhwc_order(chw: tuple[int, ...]) -> np.ndarray:
