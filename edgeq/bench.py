@@ -375,7 +375,32 @@ def to_markdown(report: dict) -> str:
         for r in rows:
             lines.append("| " + " | ".join(_field_cell(r, f) for f in fields) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _placement_check(report["rows"]))
+
+
+def _placement_check(rows: list[dict]) -> list[str]:
+    """Whether each searched placement (``w8a8``) held up in the bench's own rotation, a fresh process and not
+    the search's: its speed-up interval over the runtime's FP32 must reach both FP32 (1) and the all-int8 form
+    (``w8a8-fast``, the same graph with every unit int8) measured beside it."""
+    found = {(r["model"], r["runtime"], r["variant"]): r for r in rows if r.get("suite") == "speed"}
+    checks = []
+    for (model, runtime, variant), chosen in found.items():
+        fast = found.get((model, runtime, "w8a8-fast"))
+        if variant != "w8a8" or fast is None or not chosen.get("speedup_interval"):
+            continue
+        low, high = chosen["speedup_interval"]
+        best = max(1.0, fast["speedup_vs_runtime_fp32"])
+        verdict = "yes" if high >= best else f"no: {best / high:.2f}x slower than the faster alternative at best"
+        checks.append(f"| {model} | {runtime} | {chosen['speedup_vs_runtime_fp32']:.3g} ({low:.2f}–{high:.2f}) | "
+                      f"{chosen.get('float_units')}/{chosen.get('units')} | {fast['speedup_vs_runtime_fp32']:.3g} | "
+                      f"{verdict} |")
+    if not checks:
+        return []
+    return ["## placements against their alternatives (speed suite)", "",
+            "Speed-up over the runtime's FP32 in the rotation above: the searched placement (`w8a8`, 90 % interval) "
+            "and the all-int8 form (`w8a8-fast`); it held up when its interval reaches both 1 and all-int8's.", "",
+            "| model | runtime | w8a8 (interval) | float units | all-int8 | held up |", "|---|---|---|---|---|---|",
+            *checks, ""]
 
 
 def _field_cell(row: dict, field: str) -> str:
