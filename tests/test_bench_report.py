@@ -20,4 +20,6 @@ def test_a_placement_slower_than_all_int8_beyond_its_interval_is_flagged():
 def test_an_all_float_placement_holds_up_where_int8_is_slower():
     rows = [_row("w8a8-fast", "ort", 0.6, [0.55, 0.65], 0), _row("w8a8", "ort", 1.0, [0.97, 1.03], 10)]
     assert _placement_check(rows)[-2].endswith("| yes |")
+    drift = [_row("w8a8-fast", "ort", 0.4, [0.35, 0.45], 0), _row("w8a8", "ort", 0.94, [0.89, 0.98], 10)]
+    assert _placement_check(drift)[-2].endswith("| yes |")   # the FP32 graph timed against the FP32 file
     assert _placement_check([_row("w8a8", "ort", 1.0, [0.97, 1.03], 10)]) == []   # nothing to compare with
