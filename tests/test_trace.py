@@ -75,3 +75,36 @@ def test_inspect_timm_models(name):
     quantized = {op for op, info in result["quantizable_ops"].items() if info["quantized"]}
     assert "conv2d.default" in quantized
     assert sum(len(b["layers"]) for b in result["blocks"]) == len(result["layers"])
+
+
+class _SplitExpand(torch.nn.Module):
+    """q/k/v split by sizes and a broadcast parameter, as timm's mobilevitv2 has them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 9, 1)
+        self.token = torch.nn.Parameter(torch.randn(1, 1, 1, 1))
+
+    def forward(self, x):
+        q, k, v = self.proj(x).split([1, 4, 4], dim=1)
+        return q * k.sum(1, keepdim=True) + v + self.token.expand(x.shape[0], 4, x.shape[2], x.shape[3])
+
+
+def test_a_converted_graph_with_split_sizes_and_expand_is_captured():
+    """onnx2torch's Split (sizes as an input) and Expand read their shape operands with ``tolist()`` and
+    ``torch.Size(tensor)``, which torch.export cannot capture; the fold writes them with fixed sizes."""
+    import io
+
+    import onnx
+    from onnx2torch import convert
+
+    from edgeq.trace.converted import fold_reshape_shapes
+    torch.manual_seed(0)
+    model, x = _SplitExpand().eval(), torch.randn(1, 3, 8, 8)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=16)
+    converted = convert(onnx.load_from_string(buffer.getvalue())).eval()
+    assert {"OnnxSplit13", "OnnxExpand"} <= {type(m).__name__ for m in converted.modules()}
+    assert fold_reshape_shapes(converted, (x,)) >= 2
+    exported = torch.export.export(converted, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x), atol=1e-6, rtol=1e-6)

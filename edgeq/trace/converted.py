@@ -44,21 +44,37 @@ def _converted(module: fx.GraphModule, node: fx.Node) -> bool:
     return type(module.get_submodule(node.target)).__module__.startswith("onnx2torch.")
 
 
-def _static_reshape(x, shape):
+def _static_reshape(module, x, shape):
     """ONNX Reshape with its shape known: 0 copies the input's dimension."""
     dims = tuple(int(x.shape[i]) if int(d) == 0 else int(d) for i, d in enumerate(shape.tolist()))
     return torch.reshape, (dims,)
 
 
-def _static_slice(x, starts, ends, axes=None, steps=None):
+def _static_slice(module, x, starts, ends, axes=None, steps=None):
     """ONNX Slice with its bounds known, as onnx2torch's own indexing on Python slices."""
     from onnx2torch.node_converters.slice import _do_slice, _get_slices
     flip, pos, neg = _get_slices(starts.tolist(), ends.tolist(), axes, steps)   # axes/steps: tensors or None
     return _do_slice, (flip, pos, neg)
 
 
-# onnx2torch modules whose shape-like operands decide Python-level control flow: replaced outright
-STATIC_FORMS = {"OnnxReshape": _static_reshape, "OnnxSlice": _static_slice}
+def _static_expand(module, x, shape):
+    """ONNX Expand (bidirectional broadcasting) to its known shape: onnx2torch builds ``torch.Size(shape)`` from
+    the tensor, which torch.export cannot (timm's mobilevitv2 exported by torch's TorchScript exporter)."""
+    return torch.broadcast_to, (tuple(torch.broadcast_shapes(x.shape, tuple(int(d) for d in shape.tolist()))),)
+
+
+def _static_split(module, x, split=None):
+    """ONNX Split (opset 13+: sizes as an input) into its known sizes; onnx2torch's ``split.tolist()`` gives
+    torch.export unbacked sizes it cannot check against the axis (timm's mobilevitv2, its q/k/v split)."""
+    sizes = split.tolist() if split is not None else x.shape[module.axis] // module.num_splits
+    return torch.split, (sizes, module.axis)
+
+
+# onnx2torch modules whose shape-like operands decide Python-level control flow: replaced outright (each
+# form gets the module and its arguments on the example input, and gives the function and extra arguments
+# that replace it)
+STATIC_FORMS = {"OnnxReshape": _static_reshape, "OnnxSlice": _static_slice, "OnnxExpand": _static_expand,
+                "OnnxSplit13": _static_split}
 
 
 def _observe(module: fx.GraphModule, example) -> tuple[dict, dict]:
@@ -70,9 +86,10 @@ def _observe(module: fx.GraphModule, example) -> tuple[dict, dict]:
         def run_node(self, n):
             if n.op == "call_module" and _converted(module, n):
                 args, _ = self.fetch_args_kwargs_from_env(n)
-                form = STATIC_FORMS.get(type(module.get_submodule(n.target)).__name__)
+                converted = module.get_submodule(n.target)
+                form = STATIC_FORMS.get(type(converted).__name__)
                 if form is not None:
-                    static[n] = form(*args)
+                    static[n] = form(converted, *args)
                 else:
                     for i, a in enumerate(args[1:], start=1):
                         if isinstance(a, torch.Tensor) and not a.is_floating_point() and a.numel() <= MAX_OPERAND \
