@@ -7,8 +7,9 @@ decide those branches, and refuses the whole model ("Could not guard on data-dep
 converted graph is captured at a fixed input shape anyway (ONNX export bakes the batch into its
 reshapes), so these operands are constants: they are read off one run on the example input and written
 back into the graph as constants torch.export can see through — each Reshape as a plain
-``torch.reshape(x, (d0, d1, …))``, every other small integer operand as ``torch.tensor([...])`` built in
-the graph (torch.export propagates such constants).
+``torch.reshape(x, (d0, d1, …))`` (Slice, Split and Expand likewise, with fixed bounds, sizes and shapes), every
+other small integer operand as ``torch.tensor([...])`` built in the graph (torch.export propagates such
+constants).
 """
 from __future__ import annotations
 
