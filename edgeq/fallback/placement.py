@@ -240,7 +240,7 @@ class Timer:
     def compare(self, reference: Path, candidates: list[Path], factor: int = 1,
                 fresh_process: bool = False) -> list[Ratio]:
         hashes = [structure_hash(p) for p in (reference, *candidates)]
-        key = "|".join([self.prefix, *hashes, f"x{factor}", *(["fresh"] if fresh_process else [])])
+        key = "|".join([self.prefix, *hashes, f"x{factor}"])
         if key in self.entries and not fresh_process:   # the final check is never replayed (see above)
             self.hits += 1
             return self._noted(hashes, [Ratio(*r) for r in self.entries[key]])
@@ -258,7 +258,8 @@ class Timer:
             self.extended += 1
         self.measured += 1
         self.seconds += time.perf_counter() - began
-        self.entries[key] = [[r.reference_ms, r.candidate_ms, r.ratio, r.low, r.high] for r in ratios]
+        if not fresh_process:   # nothing would read it back
+            self.entries[key] = [[r.reference_ms, r.candidate_ms, r.ratio, r.low, r.high] for r in ratios]
         return self._noted(hashes, ratios)
 
     def _reference_ms(self, reference: Path, structure: str) -> float:
