@@ -44,17 +44,51 @@ def _attention_matmuls(g: GraphIndex) -> list[onnx.NodeProto]:
     return [n for n in g.graph.node if n.op_type == "MatMul" and not any(_is_weight(g, t) for t in n.input)]
 
 
+def _source_dq(g: GraphIndex, tensor: str) -> onnx.NodeProto | None:
+    """``_dq_input``, also looking through a Mul by a scalar (attention's q·√scale, k·√scale)."""
+    producer = g.producer.get(tensor)
+    while producer is not None and (producer.op_type in openvino_form.MOVERS or producer.op_type == "Mul"):
+        data = [t for t in producer.input if t not in g.inits]
+        producer = g.producer.get(data[0]) if len(data) == 1 else None
+    return producer if producer is not None and producer.op_type == "DequantizeLinear" else None
+
+
 def test_attention_matmuls_get_symmetric_quantizers_on_both_inputs(forms):
     g = GraphIndex(_model(forms["openvino"]))
     assert len(_attention_matmuls(g)) == 2, "the tiny hybrid's attention: Q·Kᵀ and softmax·V"
     for node in _attention_matmuls(g):
-        dqs = [_dq_input(g, t) for t in node.input]
+        dqs = [_source_dq(g, t) for t in node.input]
         assert all(dqs), f"{node.name}: both inputs quantized"
         zero_points = [g.array(dq.input[2]) for dq in dqs]
         assert all(int(z) == 0 for z in zero_points)       # no zero-point: what OpenVINO's int8 MatMul takes
     ort_graph = GraphIndex(_model(forms["ort"]))
     for node in _attention_matmuls(ort_graph):   # edgeq's own quantizers stop at conv/linear inputs
         assert not all(_dq_input(ort_graph, t) for t in node.input)
+
+
+def test_one_quantizer_on_the_qkv_linear_and_the_head_transposes_inside_the_fused_attention(forms):
+    """The exported scaled dot product scales q and k by √scale after the split; the form's quantizer moves
+    above those scalar Muls (and past the Shape that reads k), so the qkv linear writes int8. The joint head
+    transpose before the split becomes one Transpose per part, and OpenVINO's fused attention subgraph takes in
+    q's and v's. Before, the joint transpose ran by itself (f32, or slowly on int8 data), with an f32 quantizer
+    node per part after it."""
+    from edgeq.runtimes.openvino import compile_model
+    g = GraphIndex(_model(forms["openvino"]))
+    first, second = _attention_matmuls(g)
+    sources = {_source_dq(g, t).name for t in (*first.input, second.input[1])}
+    assert len(sources) == 1, sources          # q, k and v: one quantizer
+    dq = next(n for n in g.graph.node if n.name in sources)
+    quantized = g.producer[g.producer[dq.input[0]].input[0]]
+    assert quantized.op_type == "Add" and g.producer[quantized.input[0]].op_type == "MatMul"   # the qkv linear
+    assert forms["openvino"]["passes"]["openvino_head_splits"] == 1
+    q_heads, v_heads = g.producer[first.input[0]], g.producer[second.input[1]]
+    assert q_heads.op_type == v_heads.op_type == "Transpose"   # each feeds its MatMul itself
+    compiled = compile_model(forms["openvino"]["path"], threads=2, batch=1)
+    fused = [op.get_rt_info()["originalLayersNames"].astype(str).split(",")
+             for op in compiled.get_runtime_model().get_ordered_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "Subgraph"]
+    attention = next(names for names in fused if first.name in names)
+    assert second.name in attention and q_heads.name in attention and v_heads.name in attention
 
 
 def test_the_form_is_recorded_and_close_to_the_ort_form(forms, labelled_npz):
@@ -114,9 +148,11 @@ def test_strip_gives_back_the_ort_form_graph(forms):
     assert openvino_form.strip(model) == added
     ops = [n.op_type for n in model.graph.node]
     ort_ops = [n.op_type for n in _model(forms["ort"]).graph.node]
-    # the permutation pass wrote the attention's Kᵀ Reshape-Transpose-Reshape as one Transpose
+    # the permutation pass wrote the attention's Kᵀ Reshape-Transpose-Reshape as one Transpose, and the head
+    # pass the joint head transpose as one per part: only the Reshapes and Transposes differ
     assert forms["openvino"]["passes"]["openvino_permutation_chains"] >= 1
-    assert sorted(op for op in ops if op != "Reshape") == sorted(op for op in ort_ops if op != "Reshape")
+    moved = ("Reshape", "Transpose")
+    assert sorted(op for op in ops if op not in moved) == sorted(op for op in ort_ops if op not in moved)
 
 
 def test_profile_ops_says_which_ops_ran_in_int8(forms):
@@ -159,7 +195,8 @@ def test_a_per_channel_quantizer_is_not_shared_with_a_residual_add():
     x = rng.standard_normal((8, 4, 8, 8)).astype(np.float32)
     counts = openvino_form.openvino_form(model, Samples((x,)), batch_size=1)
     assert counts == {"openvino_quantizers_added": 1, "openvino_quantizers_shared": 0,   # t only
-                      "openvino_channels_first_islands": 0, "openvino_permutation_chains": 0}
+                      "openvino_channels_first_islands": 0, "openvino_head_splits": 0,
+                      "openvino_permutation_chains": 0, "openvino_scales_moved": 0}
     add = next(n for n in model.graph.node if n.op_type == "Add")
     assert "td" not in add.input
     import onnxruntime as ort

@@ -64,19 +64,22 @@ def test_mobilevit_unfold_and_fold_become_one_transpose_each_with_nhwc_beside_th
 
 def test_attention_key_transpose_reaches_its_matmul_with_the_scale_and_quantizer_above_it(
         tiny_bundle, calib_npy, tmp_path, monkeypatch):
-    """The exported scaled dot product writes Kᵀ as Reshape-Transpose-Reshape, then a scalar Mul, then the
-    quantizer: the pass moves the Mul and Q→DQ above it and leaves one Transpose into the MatMul (which OpenVINO
-    folds into the MatMul); every value is the same, at any batch."""
+    """The exported scaled dot product writes Kᵀ as Reshape-Transpose-Reshape, then a scalar Mul (the form
+    quantizes k once, on the qkv linear's output): the pass moves the Mul above it and leaves one Transpose
+    into the MatMul (which OpenVINO folds into the MatMul), and the head pass merges the head transpose into
+    it: [0, 2, 3, 1] of k's [B, N, H, D] slice; every value is the same, at any batch."""
     from edgeq.export.qdq import GraphIndex
     merged = api.export(tiny_bundle, "onnx", tmp_path / "merged.onnx", precision="int8", target="openvino-cpu")
-    monkeypatch.setattr(openvino_form, "merge_permutation_chains", lambda model: 0)
+    for rewrite in ("merge_permutation_chains", "split_heads", "scale_before_transposes"):
+        monkeypatch.setattr(openvino_form, rewrite, lambda model: 0)
     kept = api.export(tiny_bundle, "onnx", tmp_path / "kept.onnx", precision="int8", target="openvino-cpu")
     g = GraphIndex(onnx.load(merged["path"]))
-    fed = [g.producer.get(n.input[1]) for n in g.graph.node if n.op_type == "MatMul"]
+    fed = [g.producer.get(n.input[1]) for n in g.graph.node if n.op_type == "MatMul"   # Q·Kᵀ
+           and any(u.op_type == "Softmax" for u in g.consumers.get(n.output[0], []))]
     key_transposes = [p for p in fed if p is not None and p.op_type == "Transpose"]
     assert merged["passes"]["openvino_permutation_chains"] >= 1 and key_transposes
-    for t in key_transposes:   # one Transpose of the last two axes, on the dequantized, already scaled keys
-        assert list(t.attribute[0].ints)[-2:] == [3, 2] and g.producer[t.input[0]].op_type == "DequantizeLinear"
+    for t in key_transposes:   # one Transpose on the already scaled keys
+        assert list(t.attribute[0].ints) == [0, 2, 3, 1] and g.producer[t.input[0]].op_type == "Mul"
     x = np.load(calib_npy)
     for batch in (1, 3):
         outputs = [ort_cpu.OrtSession(r["path"]).infer([x[:batch]])[0] for r in (kept, merged)]

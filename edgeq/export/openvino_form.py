@@ -17,9 +17,10 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
 - **ReduceMean / GlobalAveragePool** (the classifier's pooling) reduces int8 data with a quantized input.
 - **Data-movement ops are transparent**: LPT propagates dequantization through Reshape, Transpose, Split,
   Squeeze/Unsqueeze, Flatten, Slice and Gather ("precision preserved"), and NNCF propagates its quantizers up
-  through them. A quantizer is moved above such an op when every edge below it is quantized anyway: the
-  qkv linear's output then carries one quantizer, fused into the linear (an int8 FullyConnected output),
-  instead of three f32 FakeQuantize nodes after its split.
+  through them. A quantizer is moved above such an op, and above a Mul/Div by a constant scalar (attention's
+  q·√scale and k·√scale), when every edge below it is quantized anyway: the qkv linear's output then carries
+  one quantizer, fused into the linear (an int8 FullyConnected output), instead of f32 FakeQuantize nodes
+  after its split and an f32 head permute (mobilevit_xxs: 12 f32 Transposes).
 - **Never int8 in OpenVINO**: Softmax, GELU, SiLU/Swish, Sigmoid, Exp, Divide, and LayerNorm's statistics;
   a quantizer whose only consumers are these is pure overhead, so none is added there (NNCF's transformer
   preset leaves them float for the same reason).
@@ -45,6 +46,8 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
 
 - **No channels-last islands**: a ConvNeXt-style block's NHWC Transposes cost OpenVINO more than its int8 linear
   layers save; ``openvino_layout`` writes those blocks channels-first, after the quantizers are in place.
+- **Head transposes inside the fused attention**: the Snippets attention subgraph takes in a Transpose on each
+  of q, k and v, not the joint transpose before a qkv split; ``attention_heads`` writes one per part.
 - **One Transpose per Reshape/Transpose chain, NHWC beside the convolutions**: MobileViT's unfold/fold run as
   two generic Transposes plus a slow planar reorder of the convolution's output; ``permutes`` writes each chain
   as one Transpose, with a Transpose to/from NHWC that the convolution's own reorder absorbs.
@@ -65,6 +68,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
 
 from ..samples import Samples
+from .attention_heads import scale_before_transposes, split_heads
 from .openvino_layout import channels_first
 from .permutes import merge_permutation_chains
 from .qdq import GraphIndex
@@ -72,13 +76,15 @@ from .qdq import GraphIndex
 PREFIX = "edgeq_ov_"
 MOVERS = frozenset({"Reshape", "Transpose", "Split", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather"})
 POOLS = frozenset({"ReduceMean", "GlobalAveragePool"})
+SHAPE_READERS = frozenset({"Shape", "Size"})   # they read no values, so a quantizer may move past them
 _NOT_ACTIVATIONS = frozenset({"DequantizeLinear", "QuantizeLinear", "Constant", "Shape"})
 
 
 def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16) -> dict:
     """Add OpenVINO's extra int8 edges to ``model`` (in place), then write its channels-last islands
-    channels-first (``openvino_layout``) and its Reshape/Transpose chains as one Transpose (``permutes``);
-    returns the counts for the sidecar."""
+    channels-first (``openvino_layout``), its attention head splits as the fused attention takes them
+    (``attention_heads``) and its Reshape/Transpose chains as one Transpose (``permutes``); returns the counts
+    for the sidecar."""
     g = GraphIndex(model)
     activations = _activations(g)
     edges = _propagated(g, _wanted_edges(g, activations), activations)
@@ -95,8 +101,11 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
             node.input[k] = shared[tensor] if tensor in shared else inserted[tensor][1].output[0]
     _insert_in_order(model, inserted)
     islands = channels_first(model)
+    head_splits = split_heads(model)
+    chains = merge_permutation_chains(model)
     return {"openvino_quantizers_added": len(inserted), "openvino_quantizers_shared": len(shared),
-            "openvino_channels_first_islands": islands, "openvino_permutation_chains": merge_permutation_chains(model)}
+            "openvino_channels_first_islands": islands, "openvino_head_splits": head_splits,
+            "openvino_permutation_chains": chains, "openvino_scales_moved": scale_before_transposes(model)}
 
 
 def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
@@ -176,20 +185,38 @@ def _wanted_edges(g: GraphIndex, activations: set[str]) -> set[tuple[int, int]]:
 
 def _propagated(g: GraphIndex, edges: set[tuple[int, int]],
                 activations: set[str]) -> list[tuple[onnx.NodeProto, int]]:
-    """Move quantizers above data-movement ops whose every output edge is quantized, until none moves."""
+    """Move quantizers above data-movement ops and scalar scalings whose every output edge is quantized, until
+    none moves."""
     moved = True
     while moved:
         moved = False
         for node in g.graph.node:
-            if node.op_type not in MOVERS or (id(node), 0) in edges or node.input[0] not in activations:
+            k = _movable_input(g, node)
+            if k is None or (id(node), k) in edges or node.input[k] not in activations:
                 continue
-            below = {(id(user), k) for out in node.output for user in g.consumers.get(out, [])
-                     for k, name in enumerate(user.input) if name == out}
+            below = {(id(user), j) for out in node.output for user in g.consumers.get(out, [])
+                     if user.op_type not in SHAPE_READERS for j, name in enumerate(user.input) if name == out}
             if below and below <= edges:
-                edges = (edges - below) | {(id(node), 0)}
+                edges = (edges - below) | {(id(node), k)}
                 moved = True
     by_id = {id(n): n for n in g.graph.node}
     return sorted(((by_id[i], k) for i, k in edges), key=lambda e: (e[0].name, e[1]))
+
+
+def _movable_input(g: GraphIndex, node: onnx.NodeProto) -> int | None:
+    """The input of ``node`` that a quantizer on its output can move to: a data-movement op's data, or the
+    activation of a Mul or Div by a constant scalar. The moved quantizer's range is calibrated where it lands,
+    and OpenVINO folds the scalar into the dequantization. This is what lets one quantizer on attention's qkv
+    linear serve q·√scale, k·√scale and v (the exported scaled dot product scales q and k separately): the
+    linear then writes int8 and its split and head permute run on int8 data, as NNCF places it."""
+    if node.op_type in MOVERS:
+        return 0
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    scalars = [k for k in (0, 1) if (value := g.array(node.input[k])) is not None and value.size == 1]
+    if node.op_type == "Div":
+        return 0 if scalars == [1] else None
+    return 1 - scalars[0] if len(scalars) == 1 else None
 
 
 def _after_per_channel_input(g: GraphIndex, tensor: str) -> bool:

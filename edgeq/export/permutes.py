@@ -15,6 +15,8 @@ Attention's Kᵀ reaches its MatMul as Reshape-Transpose-Reshape, then the scala
 product and the quantizer. The plugin folds a Transpose that feeds a MatMul into the MatMul (``transpose_b``), but
 not through the Mul and Q→DQ in between: a scalar Mul and a per-tensor Q→DQ pair commute with any permutation, so
 they move above the chain (same values), and the chain, now the MatMul's input, becomes that one Transpose.
+Where the form quantizes the qkv linear's output instead, the scalar Mul is alone between the chain and the MatMul,
+and moves the same way.
 
 A chain is rewritten only when its composite is a plain transpose of its input (checked element by element on
 index arrays), with the batch the outermost axis on both sides, so the values are the same for every batch.
@@ -82,8 +84,8 @@ def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, .
 
 
 def _hoist_elementwise_into_matmuls(model: onnx.ModelProto, outputs: set[str]) -> None:
-    """Move [scalar Mul →] per-tensor Q → DQ that sit between a chain with a Transpose and a MatMul above the chain
-    (see above): the chain then feeds the MatMul itself."""
+    """Move [scalar Mul →] per-tensor Q → DQ, or a scalar Mul alone, that sit between a chain with a Transpose
+    and a MatMul above the chain (see above): the chain then feeds the MatMul itself."""
     g = GraphIndex(model)
     moves = []
     for matmul in [n for n in model.graph.node if n.op_type == "MatMul"]:
@@ -95,7 +97,7 @@ def _hoist_elementwise_into_matmuls(model: onnx.ModelProto, outputs: set[str]) -
     if not moves:
         return
     before: dict[int, list[onnx.NodeProto]] = {}   # the moved nodes, now in order just before each chain
-    for matmul, slot, ops, chain in moves:   # ops: DQ, Q[, Mul], from the MatMul up
+    for matmul, slot, ops, chain in moves:   # ops: [DQ, Q][, Mul], from the MatMul up
         top = ops[-1]
         top.input[_data_slot(g, top)], chain[0].input[0] = chain[0].input[0], ops[0].output[0]
         matmul.input[slot] = chain[-1].output[0]
@@ -111,13 +113,16 @@ def _hoist_elementwise_into_matmuls(model: onnx.ModelProto, outputs: set[str]) -
 
 
 def _elementwise_above(g: GraphIndex, name: str, outputs: set[str]) -> list[onnx.NodeProto]:
-    """DQ, Q and an optional Mul by a scalar constant producing ``name``, each read only by the next, with
-    per-tensor quantization parameters (from the MatMul up); [] when the tensor is not made so."""
+    """A per-tensor DQ and Q, a Mul by a scalar constant, or all three, producing ``name``, each read only by
+    the next (from the MatMul up); [] when the tensor is not made so. The quantizer is absent where the form
+    quantizes the qkv linear's output instead (``openvino_form._movable_input``)."""
     ops = []
     for op in ("DequantizeLinear", "QuantizeLinear", "Mul"):
         node = g.producer.get(name)
         if node is None or node.op_type != op or len(g.consumers.get(node.output[0], [])) != 1 \
                 or node.output[0] in outputs:
+            if op == "Mul" or not ops:
+                continue   # no quantizer: look for the Mul alone
             break
         data = _data_slot(g, node)
         params = [g.array(i) for k, i in enumerate(node.input) if k != data]
@@ -125,7 +130,9 @@ def _elementwise_above(g: GraphIndex, name: str, outputs: set[str]) -> list[onnx
             break
         ops.append(node)
         name = node.input[data]
-    return ops if len(ops) >= 2 else []
+    kinds = [n.op_type for n in ops]
+    return ops if kinds in (["DequantizeLinear", "QuantizeLinear"], ["DequantizeLinear", "QuantizeLinear", "Mul"],
+                            ["Mul"]) else []
 
 
 def _data_slot(g: GraphIndex, node: onnx.NodeProto) -> int:
@@ -258,6 +265,8 @@ def _rewritten(g: GraphIndex, chain: list[onnx.NodeProto], shapes, k: int) -> li
     if nhwc_out:
         add("Transpose", [], perm=TO_NCHW)
     nodes[-1].output[0] = chain[-1].output[0]
+    if len(nodes) >= len(chain) and not (nhwc_in or nhwc_out):
+        return None   # no shorter (attention's output Transpose-Reshape would become a 5-D Reshape-Transpose-Reshape)
     return nodes
 
 
