@@ -85,3 +85,34 @@ def test_attention_key_transpose_reaches_its_matmul_with_the_scale_and_quantizer
         outputs = [ort_cpu.OrtSession(r["path"]).infer([x[:batch]])[0] for r in (kept, merged)]
         np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-6)
     assert _openvino_transposes(merged) < _openvino_transposes(kept)
+
+
+def test_a_scale_and_quantizer_between_a_key_chain_and_its_matmul_move_above_the_chain():
+    """Where k keeps its own quantizer (the form could not move it to the qkv linear), the chain's Mul and Q→DQ
+    move above it together, and the one Transpose left feeds the MatMul; same values."""
+    from onnx import TensorProto, helper, numpy_helper
+    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in (
+        ("split", [-1, 2, 4, 6], np.int64), ("merged", [-1, 2, 6, 4], np.int64), ("s", 0.25, np.float32),
+        ("qs", 0.02, np.float32), ("qz", 0, np.int8))]
+    nodes = [helper.make_node("Reshape", ["k", "split"], ["k1"]),
+             helper.make_node("Transpose", ["k1"], ["k2"], perm=[0, 1, 3, 2]),
+             helper.make_node("Reshape", ["k2", "merged"], ["k3"]),
+             helper.make_node("Mul", ["k3", "s"], ["k4"]),
+             helper.make_node("QuantizeLinear", ["k4", "qs", "qz"], ["k5"]),
+             helper.make_node("DequantizeLinear", ["k5", "qs", "qz"], ["k6"]),
+             helper.make_node("MatMul", ["q", "k6"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["b", 2, 5, 6]),
+                                           helper.make_tensor_value_info("k", TensorProto.FLOAT, ["b", 2, 4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 5, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rng = np.random.default_rng(0)
+    feed = {"q": rng.standard_normal((1, 2, 5, 6)).astype(np.float32),
+            "k": rng.standard_normal((1, 2, 4, 6)).astype(np.float32)}
+    import onnxruntime as ort
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    assert permutes.merge_permutation_chains(model) == 1
+    producers = {o: n for n in model.graph.node for o in n.output}
+    transpose = producers[next(n for n in model.graph.node if n.op_type == "MatMul").input[1]]
+    assert transpose.op_type == "Transpose" and producers[transpose.input[0]].op_type == "DequantizeLinear"
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_array_equal(after, before)

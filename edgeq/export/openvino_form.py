@@ -19,21 +19,25 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
   Squeeze/Unsqueeze, Flatten, Slice and Gather ("precision preserved"), and NNCF propagates its quantizers up
   through them. A quantizer is moved above such an op, and above a Mul/Div by a constant scalar (attention's
   q·√scale and k·√scale), when every edge below it is quantized anyway: the qkv linear's output then carries
-  one quantizer, fused into the linear (an int8 FullyConnected output), instead of f32 FakeQuantize nodes
-  after its split and an f32 head permute (mobilevit_xxs: 12 f32 Transposes).
+  one quantizer, fused into the linear (an int8 FullyConnected output), instead of an f32 FakeQuantize node
+  per part after its split and the split itself in f32.
 - **Never int8 in OpenVINO**: Softmax, GELU, SiLU/Swish, Sigmoid, Exp, Divide, and LayerNorm's statistics;
   a quantizer whose only consumers are these is pure overhead, so none is added there (NNCF's transformer
   preset leaves them float for the same reason).
 - **Zero-points**: a quantizer with zero-point 0 (symmetric; edgeq's ``w8a8`` and ``w8a8-fast`` default)
   needs no zero-point compensation, which is why NNCF's performance preset and these recipes use them
   (fastvit_t8 1.25x → 2.0x OpenVINO FP32). edgeq writes a signed symmetric quantizer as u8 with zero-point
-  128 (``qdq.unsigned_activations``; the same values): the CPU plugin's int8 convolution and FullyConnected
-  take u8 input and fold its zero-point into the kernel (VNNI multiplies u8 by s8; an s8 input runs a slower
-  s8s8 path: levit_128s 3.15x → 1.90x FP32 with every such quantizer i8). Except where the kernel cannot
-  fold it: a **FullyConnected whose input has rank 4** (a linear layer on an NHWC tensor, as in
-  ConvNeXt-style blocks) leaves an input zero-point standing as a separate f32 Subtract (24 of them, 1.2 of
-  7 ms on edgenext_xx_small); inputs of rank 3 fold it. Quantizers read only by such layers stay i8
-  (``signed_inputs``): edgenext_xx_small 1.05x → 1.17x FP32 (one paired run, session 15). And a quantizer
+  128 (``qdq.unsigned_activations``; the same values): the CPU plugin's int8 convolution takes u8 input and
+  folds its zero-point into the kernel (VNNI multiplies u8 by s8). **Linear layers take i8** instead
+  (``signed_inputs``), as NNCF writes them: a FullyConnected whose input has rank 4 (a linear layer on an
+  NHWC tensor, as in ConvNeXt-style blocks) leaves an input zero-point standing as a separate f32 Subtract
+  (24 of them, 1.2 of 7 ms on edgenext_xx_small; 1.05x → 1.17x FP32 i8, one paired run, session 15), and on
+  inputs of rank 3 the i8 FullyConnected ran faster than u8 with zero-point 128 on an AMD Zen 5 with
+  AVX512-VNNI (session 22, two paired runs each against OpenVINO FP32: levit_128s 2.09 / 2.13x → 2.35 /
+  2.23x, mobilevit_xxs 1.57 / 1.47x → 1.61 / 1.52x; efficientformerv2_s0, fastvit_t8 and edgenext_xx_small
+  within noise). An earlier measurement, levit_128s 3.15x → 1.90x FP32 with every quantizer i8, was made on
+  a random-init model with 20 dead residual branches that OpenVINO folds away in int8 (``models.intake``);
+  with live branches all-i8 ran 2.26 / 2.13x. And a quantizer
   of edgeq's that the form shares with an activation × activation MatMul (attention's V, which also feeds a
   convolution in EfficientFormerV2's local-value branch) must stay i8 for the first rule to hold: u8 with
   zero-point 128 left those MatMuls f32, each followed by a standalone f32 FakeQuantize
@@ -65,7 +69,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto, helper
 
 from ..samples import Samples
 from .attention_heads import scale_before_transposes, split_heads
@@ -111,13 +115,9 @@ def openvino_form(model: onnx.ModelProto, samples: Samples, batch_size: int = 16
 def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
     """Tensors whose symmetric int8 quantizer stays i8 (zero-point 0) in the openvino form rather than u8 with
     zero-point 128 (see the rules above): those whose every reader, through its DequantizeLinear and
-    data-movement ops, is a linear layer (MatMul with a quantized weight) on a rank-4 input, where the CPU
-    plugin cannot fold an input zero-point; and those that an activation × activation MatMul reads (through
-    data-movement ops, before or after the quantizer), where the form shares the quantizer and OpenVINO runs
-    the MatMul in int8 only without a zero-point."""
-    inferred = shape_inference.infer_shapes(model)
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
-            if v.type.tensor_type.HasField("shape")}
+    data-movement ops, is a linear layer (MatMul with a quantized weight), and those that an activation ×
+    activation MatMul reads (through data-movement ops, before or after the quantizer), where the form shares
+    the quantizer and OpenVINO runs the MatMul in int8 only without a zero-point."""
     g = GraphIndex(model)
 
     def readers(tensor: str) -> list[tuple[onnx.NodeProto, str]]:
@@ -134,15 +134,11 @@ def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
         return tensor in g.inits or (producer is not None and producer.op_type == "DequantizeLinear"
                                      and producer.input[0] in g.inits)
 
-    def rank4_linear(node: onnx.NodeProto, tensor: str) -> bool:
-        return (node.op_type == "MatMul" and node.input[0] == tensor and rank.get(tensor, 0) >= 4
-                and is_weight(node.input[1]))
+    def linear(node: onnx.NodeProto, tensor: str) -> bool:
+        return node.op_type == "MatMul" and node.input[0] == tensor and is_weight(node.input[1])
 
     def activation_matmul(node: onnx.NodeProto) -> bool:
         return node.op_type == "MatMul" and not any(is_weight(t) for t in node.input[:2])
-
-    def u8_linear(node: onnx.NodeProto, tensor: str) -> bool:   # its fast path takes u8 (the rule above)
-        return node.op_type == "MatMul" and is_weight(node.input[1]) and not rank4_linear(node, tensor)
 
     signed = set()
     for q in g.graph.node:
@@ -151,10 +147,8 @@ def signed_inputs(model: onnx.ModelProto) -> frozenset[str]:
             continue
         uses = [r for dq in g.consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
                 for r in readers(dq.output[0])]
-        if uses and all(rank4_linear(node, tensor) for node, tensor in uses):
-            signed.add(q.input[0])
-        elif (any(activation_matmul(node) for node, _ in uses + readers(q.input[0]))
-              and not any(u8_linear(node, tensor) for node, tensor in uses)):
+        if (uses and all(linear(node, tensor) for node, tensor in uses)) \
+                or any(activation_matmul(node) for node, _ in uses + readers(q.input[0])):
             signed.add(q.input[0])
     return frozenset(signed)
 
@@ -208,7 +202,7 @@ def _movable_input(g: GraphIndex, node: onnx.NodeProto) -> int | None:
     activation of a Mul or Div by a constant scalar. The moved quantizer's range is calibrated where it lands,
     and OpenVINO folds the scalar into the dequantization. This is what lets one quantizer on attention's qkv
     linear serve q·√scale, k·√scale and v (the exported scaled dot product scales q and k separately): the
-    linear then writes int8 and its split and head permute run on int8 data, as NNCF places it."""
+    linear then writes int8 and its split runs on int8 data, as NNCF places it."""
     if node.op_type in MOVERS:
         return 0
     if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
