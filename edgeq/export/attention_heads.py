@@ -12,8 +12,8 @@ So the joint transpose becomes a Slice and Squeeze of each part of its input, th
 [0, 2, 1, 3] (``split_heads``), and a scalar Mul between such a Transpose and a MatMul or a second Transpose moves
 above it, the two Transposes becoming one (``scale_before_transposes``): q·√scale → Transpose → MatMul and
 k·√scale → Transpose [0, 2, 3, 1] → MatMul. The values are the same (a scalar commutes with any permutation).
-Measured on an AMD EPYC with AVX512-VNNI, paired runs at 256²: mobilevit_xxs's openvino form 1.45–1.50x → 1.52–
-1.55x OpenVINO FP32 (session 22, with the qkv quantizer of ``openvino_form._movable_input``).
+Measured on an AMD EPYC with AVX512-VNNI, four paired runs at 256²: mobilevit_xxs's openvino form 1.45–1.50x →
+1.48–1.55x OpenVINO FP32 (session 22, with the qkv quantizer of ``openvino_form._movable_input``).
 
 Only a split whose parts come out [0, 2, 1, 3] of their slice is rewritten: EdgeNeXt's transposed attention
 (parts [0, 2, 3, 1], normalised before their MatMul) gains nothing from it.
