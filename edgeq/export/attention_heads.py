@@ -4,7 +4,8 @@ ViT-style attention (timm's ``Attention``, as in MobileViT) splits its qkv linea
 [B, N, 3, H, D] → one Transpose [2, 0, 3, 1, 4] → q, k, v [B, H, N, D] by Slice and Squeeze, then scales q and k by
 √scale (torch's exported scaled dot product). OpenVINO's CPU plugin fuses attention (MatMul → Softmax → MatMul)
 into one Snippets subgraph, and that subgraph also takes in a Transpose [0, 2, 1, 3] on q and v and a Transpose
-[0, 2, 3, 1] on k that feed the MatMuls directly (OpenVINO's ``TokenizeMHASnippets``). The joint transpose before
+[0, 2, 3, 1] on k that feed the MatMuls directly (OpenVINO's ``TokenizeMHASnippets``; in 2026.4 on int8
+mobilevit_xxs it took in q's and v's, and ran k's beside it). The joint transpose before
 the split it cannot take in: it runs as a Transpose of its own, and a slow one once the form quantizes the qkv
 linear's output (int8, 16-byte rows; mobilevit_xxs at 256²: 60 µs against 13 µs in f32 for the first block).
 

@@ -50,8 +50,8 @@ markup_precisions.cpp; CPU plugin transformation_pipeline.cpp) and what NNCF 3.4
 
 - **No channels-last islands**: a ConvNeXt-style block's NHWC Transposes cost OpenVINO more than its int8 linear
   layers save; ``openvino_layout`` writes those blocks channels-first, after the quantizers are in place.
-- **Head transposes inside the fused attention**: the Snippets attention subgraph takes in a Transpose on each
-  of q, k and v, not the joint transpose before a qkv split; ``attention_heads`` writes one per part.
+- **Head transposes inside the fused attention**: the Snippets attention subgraph takes in a Transpose on q and
+  on v, not the joint transpose before a qkv split; ``attention_heads`` writes one per part.
 - **One Transpose per Reshape/Transpose chain, NHWC beside the convolutions**: MobileViT's unfold/fold run as
   two generic Transposes plus a slow planar reorder of the convolution's output; ``permutes`` writes each chain
   as one Transpose, with a Transpose to/from NHWC that the convolution's own reorder absorbs.
