@@ -109,14 +109,10 @@ def _next_scaled_transpose(g: GraphIndex):
             continue
         transpose = g.producer.get(mul.input[1 - scalars[0]])
         users = g.consumers.get(mul.output[0], [])
-        if transpose is not None and transpose.op_type == "Transpose" and _perm(transpose) is not None \
-                and len(users) == 1 and users[0].op_type in ("MatMul", "Transpose") and _perm_or_matmul(users[0]):
+        if transpose is not None and _perm(transpose) is not None and len(users) == 1 \
+                and (users[0].op_type == "MatMul" or _perm(users[0]) is not None):
             return transpose, mul, users[0]
     return None
-
-
-def _perm_or_matmul(node: onnx.NodeProto) -> bool:
-    return node.op_type == "MatMul" or _perm(node) is not None
 
 
 def _move_above(model: onnx.ModelProto, transpose: onnx.NodeProto, mul: onnx.NodeProto,

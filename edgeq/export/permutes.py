@@ -117,17 +117,14 @@ def _elementwise_above(g: GraphIndex, name: str, outputs: set[str]) -> list[onnx
     the next (from the MatMul up); [] when the tensor is not made so. The quantizer is absent where the form
     quantizes the qkv linear's output instead (``openvino_form._movable_input``)."""
     ops = []
-    for op in ("DequantizeLinear", "QuantizeLinear", "Mul"):
+    for op in ("DequantizeLinear", "QuantizeLinear", "Mul"):   # each one optional; the kinds found decide
         node = g.producer.get(name)
         if node is None or node.op_type != op or len(g.consumers.get(node.output[0], [])) != 1 \
                 or node.output[0] in outputs:
-            if op == "Mul" or not ops:
-                continue   # no quantizer: look for the Mul alone
-            break
+            continue
         data = _data_slot(g, node)
-        params = [g.array(i) for k, i in enumerate(node.input) if k != data]
-        if any(p is None or p.size != 1 for p in params):
-            break
+        if any(p is None or p.size != 1 for p in (g.array(i) for k, i in enumerate(node.input) if k != data)):
+            continue
         ops.append(node)
         name = node.input[data]
     kinds = [n.op_type for n in ops]
