@@ -294,6 +294,37 @@ def test_budget_bad_input(tmp_path, calib_npy, labelled_npz, tiny_spec, args, fr
     assert not out.exists() and not (tmp_path / "out.best-effort.edgeq").exists()
 
 
+@pytest.mark.parametrize("saved, fragment", [
+    ({"float_layers": ["conv2d"]}, "needs a 'target'"),
+    ({"target": "x86-cpu-ort", "float_layers": "conv2d"}, "'float_layers' must be a list of layer names"),
+    ({"target": "tpu", "float_layers": []}, "unknown target 'tpu'"),
+    ({"placements": {"x86-cpu-ort": {"int8_layers": []}}}, "has no 'float_layers' list"),
+])
+def test_a_bad_placement_file_is_one_sentence_before_any_work(tmp_path, calib_npy, tiny_spec, saved, fragment):
+    placement = tmp_path / "placement.json"
+    placement.write_text(json.dumps(saved))
+    out = tmp_path / "out.edgeq"
+    result = CliRunner().invoke(main, ["quantize", "--model", tiny_spec, "--calib", str(calib_npy), "--recipe",
+                                       "w8a8-fast", "-o", str(out), "--placement-from", str(placement)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert "calibrat" not in result.output.lower() and not out.exists()
+    assert not (tmp_path / "out.learned.edgeq").exists()
+
+
+def test_a_hand_written_placement_needs_only_target_and_float_layers(tmp_path, calib_npy, tiny_spec):
+    """What a user writes to force layers float: the target and the layers; the rest describes it."""
+    placement = tmp_path / "placement.json"
+    placement.write_text(json.dumps({"target": "ort-cpu", "float_layers": ["conv2d"]}))
+    dst = tmp_path / "dst.edgeq"
+    api.quantize(tiny_spec, str(calib_npy), "w8a8-fast", dst, batch_size=16, placement_from=str(placement))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert not manifest["layers"]["conv2d"]["quantized"]
+    assert sum(not d["quantized"] for d in manifest["layers"].values()) == 1
+    assert manifest["fallback"]["placement"]["verdict"] == "placement read from placement.json"
+
+
 def test_paired_ratio_sees_through_machine_drift():
     """Block pairs share the machine's slow phases: a 10 % gain under 3x drift is still resolved, and two
     equal models are never called faster."""

@@ -352,11 +352,13 @@ def read_placements(source: str | Path) -> dict[str, dict]:
         else:
             saved = json.loads(source.read_text())
             if "placements" in saved and "format" not in saved:
-                return saved["placements"]
+                checked = [_checked_placement(source, t, p) for t, p in saved["placements"].items()]
+                return {p["target"]: p for p in checked}
             if "float_layers" in saved:
-                return {saved["target"]: saved}
+                checked = _checked_placement(source, saved.get("target"), saved)
+                return {checked["target"]: checked}
             manifest = saved
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise BundleError(f"{source} is neither an edgeq bundle nor a placement file.") from None
     fallback = manifest.get("fallback") or {}
     targets = placement_targets(manifest)
@@ -366,6 +368,31 @@ def read_placements(source: str | Path) -> dict[str, dict]:
     if not searched:
         raise BundleError(f"{source} has no latency placement; quantize it with a latency-searching recipe (w8a8).")
     return {t: _placement_of(source, manifest_for(manifest, t)) for t in searched}
+
+
+def _checked_placement(source: Path, target, placement) -> dict:
+    """A placement read from a JSON file, which a user may have written or edited by hand: a sentence for what
+    is missing or mistyped (before any work, not a KeyError after calibration), defaults for what only
+    describes it."""
+    from ..errors import BundleError
+    from ..target import get_target
+
+    def names(key: str) -> list[str]:
+        value = placement.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BundleError(f"{source}: {key!r} must be a list of layer names (as in the bundle's manifest).")
+        return value
+
+    if not isinstance(placement, dict) or not isinstance(target, str):
+        raise BundleError(f"{source}: each placement needs a 'target' (such as x86-cpu-openvino) and "
+                          f"'float_layers'.")
+    if "float_layers" not in placement:
+        raise BundleError(f"{source}: the placement for {target} has no 'float_layers' list.")
+    return {**placement, "target": get_target(target).name,   # an unknown target: its own sentence
+            "float_layers": names("float_layers"), "int8_layers": names("int8_layers"),
+            "verdict": placement.get("verdict") or f"placement read from {source.name}",
+            "model": placement.get("model", "another model"), "input": placement.get("input", "unknown"),
+            "source": placement.get("source", str(source))}
 
 
 def _is_placement(report: dict) -> bool:
