@@ -62,6 +62,38 @@ def test_mobilevit_unfold_and_fold_become_one_transpose_each_with_nhwc_beside_th
     assert (_openvino_transposes(kept), _openvino_transposes(merged)) == (4, 2)
 
 
+def test_attention_operands_from_quantized_convolutions_are_read_as_nhwc_and_the_attention_fuses(
+        calib_npy, tmp_path, monkeypatch):
+    """EfficientFormerV2's q, k, v: 1×1 conv → its Q→DQ → flatten (→ transpose) → attention MatMul. The form reads
+    each as the convolution's NHWC output (a Transpose to NHWC first, which OpenVINO merges into the
+    convolution's reorder); OpenVINO then fuses the attention's MatMuls into one int8 subgraph, which it did not
+    with the planar reads. Every value is the same, at any batch."""
+    from edgeq.export.openvino_layout import TO_NHWC
+    from edgeq.export.qdq import GraphIndex
+    from edgeq.runtimes.openvino import compile_model
+    bundle = tmp_path / "lva.edgeq"
+    api.quantize(f"{TINY}:local_value_attention", str(calib_npy), "w8a8-fast", bundle, seed=0)
+    merged = api.export(bundle, "onnx", tmp_path / "merged.onnx", precision="int8", target="openvino-cpu")
+    monkeypatch.setattr(openvino_form, "merge_permutation_chains", lambda model: 0)
+    kept = api.export(bundle, "onnx", tmp_path / "kept.onnx", precision="int8", target="openvino-cpu")
+    assert merged["passes"]["openvino_permutation_chains"] == 3   # q, k and v
+    g = GraphIndex(onnx.load(merged["path"]))
+    to_nhwc = [n for n in g.graph.node if n.op_type == "Transpose" and list(n.attribute[0].ints) == TO_NHWC]
+    assert len(to_nhwc) == 3
+    for t in to_nhwc:   # each reads a convolution's quantized output
+        dq = g.producer[t.input[0]]
+        assert dq.op_type == "DequantizeLinear" and g.producer[g.producer[dq.input[0]].input[0]].op_type == "Conv"
+    x = np.load(calib_npy)
+    for batch in (1, 3):
+        outputs = [ort_cpu.OrtSession(r["path"]).infer([x[:batch]])[0] for r in (kept, merged)]
+        np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-6)
+
+    def matmuls(record) -> int:   # MatMuls OpenVINO runs on their own, not inside a fused subgraph
+        ops = compile_model(record["path"], threads=2, batch=1).get_runtime_model().get_ordered_ops()
+        return sum(op.get_rt_info()["layerType"].astype(str) == "MatMul" for op in ops)
+    assert (matmuls(kept), matmuls(merged)) == (2, 0)
+
+
 def test_attention_key_transpose_reaches_its_matmul_with_the_scale_and_quantizer_above_it(
         tiny_bundle, calib_npy, tmp_path, monkeypatch):
     """The exported scaled dot product writes Kᵀ as Reshape-Transpose-Reshape, then a scalar Mul (the form
