@@ -322,8 +322,9 @@ def _merge(path: Path, rows: list[dict]) -> dict:
             "env": {"machine": machine(), "versions": package_versions()},
             "protocol": {"latency": "ONNX Runtime CPU EP and OpenVINO CPU, batch 1 (speed suite also 8), 2 threads; "
                                     "all variants of a model on both runtimes measured in alternating blocks of 5 "
-                                    "runs in one run (each block after a 20 ms pause and one untimed run, so one "
-                                    "runtime's spinning worker threads are not billed to the next); p50",
+                                    "runs in one run (each block after a pause until the process is idle, at least "
+                                    "20 ms, and one untimed run, so one runtime's spinning worker threads are not "
+                                    "billed to the next); p50",
                          "accuracy": "the test set's own metric on calib/zoo-test.yaml (top-1 on the 10,000-image "
                                      "Fashion-MNIST test split; ctc-seq, the share of digit strings decoded exactly, "
                                      "on the 1,000 held-out-voice clips for the speech model) of the exported file run "

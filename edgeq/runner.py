@@ -330,16 +330,30 @@ def rotate(models: list, runs: int, warmup: int, block: int, order: np.random.Ge
     """Warm each model up, then time ``runs`` runs of each in blocks of ``block``, the models' order shuffled
     each round (the host's ``profile.latency.interleave`` times its sessions with this too). A model always
     timed first, right after another's threads, or always last, would carry that position's cost as its own.
-    ``models``: anything with ``step(record=True)``; a pause of ``settle_s`` and one untimed run open each block."""
+    ``models``: anything with ``step(record=True)``; a pause (``pause_until_quiet``) and one untimed run open each
+    block."""
     for m in models:
         for _ in range(warmup):
             m.step(record=False)
     for _ in range(math.ceil(runs / block)):
         for i in order.permutation(len(models)):
-            time.sleep(settle_s)
+            pause_until_quiet(settle_s)
             models[i].step(record=False)
             for _ in range(block):
                 models[i].step()
+
+
+def pause_until_quiet(minimum_s: float, limit_s: float = 0.3) -> None:
+    """Sleep ``minimum_s``, then until this process uses no CPU (at most ``limit_s``): ONNX Runtime's worker
+    threads spin after a run (a core busy for 37 ms on a Zen 5), and the next block, another runtime's above
+    all, would share the cores with them (OpenVINO's int8 speed-ups read about 10 % low behind them)."""
+    time.sleep(minimum_s)
+    end = time.perf_counter() + limit_s
+    while time.perf_counter() < end:
+        used = time.process_time()
+        time.sleep(0.005)
+        if time.process_time() - used < 0.0005:
+            return
 
 
 def predict(model: str, input_path: str, top: int, max_mb: float) -> dict:

@@ -299,6 +299,7 @@ def test_budget_bad_input(tmp_path, calib_npy, labelled_npz, tiny_spec, args, fr
     ({"target": "x86-cpu-ort", "float_layers": "conv2d"}, "'float_layers' must be a list of layer names"),
     ({"target": "tpu", "float_layers": []}, "unknown target 'tpu'"),
     ({"placements": {"x86-cpu-ort": {"int8_layers": []}}}, "has no 'float_layers' list"),
+    (["conv2d"], "neither an edgeq bundle nor a placement file"),
 ])
 def test_a_bad_placement_file_is_one_sentence_before_any_work(tmp_path, calib_npy, tiny_spec, saved, fragment):
     placement = tmp_path / "placement.json"

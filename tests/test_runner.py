@@ -164,3 +164,25 @@ def test_the_runner_alone_builds_as_its_own_wheel(tmp_path):
     requires = {re.split(r"[ <>=;\[]", line.split(":", 1)[1].strip())[0].lower()
                 for line in metadata.splitlines() if line.startswith("Requires-Dist")}
     assert requires == {"numpy", "onnxruntime", "pillow"}   # pillow: the optional [images] extra
+
+
+def test_a_block_waits_for_spinning_worker_threads_to_stop():
+    """ONNX Runtime's workers spin on a core for tens of ms after a run; the next timed block starts only once
+    the process is quiet (a thread spinning for 80 ms here), and at once when nothing spins."""
+    import threading
+    import time
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    worker = threading.Thread(target=spin, args=(0.08,))
+    start = time.perf_counter()
+    worker.start()
+    runner.pause_until_quiet(0.0)
+    waited = time.perf_counter() - start
+    worker.join()
+    assert 0.07 <= waited < 0.3
+    start = time.perf_counter()
+    runner.pause_until_quiet(0.0)
+    assert time.perf_counter() - start < 0.05

@@ -351,6 +351,8 @@ def read_placements(source: str | Path) -> dict[str, dict]:
             manifest = json.loads((source / "manifest.json").read_text())
         else:
             saved = json.loads(source.read_text())
+            if not isinstance(saved, dict):
+                raise TypeError
             if "placements" in saved and "format" not in saved:
                 checked = [_checked_placement(source, t, p) for t, p in saved["placements"].items()]
                 return {p["target"]: p for p in checked}

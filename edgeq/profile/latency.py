@@ -15,7 +15,7 @@ from ..runtimes.base import RuntimeUnavailable
 from ..target import DEFAULT_TARGET, get_target
 
 BLOCK = 5
-SETTLE_S = 0.02   # lets the previous model's worker threads stop spinning
+SETTLE_S = 0.02   # the least pause before a block; it then lasts until spinning threads stop (runner.py)
 
 
 def open_session(path, target: str, batch: int, threads: int | None):
