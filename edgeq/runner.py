@@ -110,20 +110,14 @@ def _read(path: str) -> str | None:
 
 
 def memory_mb() -> int | None:
-    text = _read("/proc/meminfo") or ""
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    return None
+    found = [line.split()[1] for line in (_read("/proc/meminfo") or "").splitlines() if line.startswith("MemTotal:")]
+    return int(found[0]) // 1024 if found else None
 
 
 def temperature_c() -> float | None:
     """The hottest thermal zone (a Pi has one, the SoC)."""
-    temps = []
-    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
-        value = _read(str(zone))
-        if value and value.lstrip("-").isdigit():
-            temps.append(int(value) / 1000.0)
+    values = [_read(str(zone)) for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp"))]
+    temps = [int(v) / 1000.0 for v in values if v and v.lstrip("-").isdigit()]
     return max(temps) if temps else None
 
 
@@ -344,9 +338,8 @@ def rotate(models: list, runs: int, warmup: int, block: int, order: np.random.Ge
 
 
 def pause_until_quiet(minimum_s: float, limit_s: float = 0.3) -> None:
-    """Sleep ``minimum_s``, then until this process uses no CPU (at most ``limit_s``): ONNX Runtime's worker
-    threads spin after a run (a core busy for 37 ms on a Zen 5), and the next block, another runtime's above
-    all, would share the cores with them (OpenVINO's int8 speed-ups read about 10 % low behind them)."""
+    """Sleep ``minimum_s``, then until this process uses no CPU (at most ``limit_s``): ONNX Runtime's workers spin
+    ~37 ms after a run (Zen 5); a block sharing the cores with them, OpenVINO's above all, reads ~10 % slow."""
     time.sleep(minimum_s)
     end = time.perf_counter() + limit_s
     while time.perf_counter() < end:
@@ -518,13 +511,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, action="append")
     c = sub.add_parser("compare", help="several models in alternating blocks")
     c.add_argument("models", nargs="+")
-    c.add_argument("--threads", type=int, default=None)
-    c.add_argument("--runs", type=int, default=100)
-    c.add_argument("--warmup", type=int, default=10)
-    c.add_argument("--block", type=int, default=5)
-    c.add_argument("--batch", type=int, default=1)
-    c.add_argument("--settle-ms", type=float, default=20.0)
-    c.add_argument("--seed", type=int, default=0)
+    for flag, default in (("--threads", None), ("--runs", 100), ("--warmup", 10), ("--block", 5), ("--batch", 1),
+                          ("--seed", 0)):
+        c.add_argument(flag, type=int, default=default)
+    c.add_argument("--settle-ms", type=float, default=20.0, help="the least pause before each block")
     r = sub.add_parser("predict", help="top-k for an .npy array or an image")
     r.add_argument("model")
     r.add_argument("--input", required=True)
@@ -585,10 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(_human(result))
+    print(json.dumps(result) if args.json else _human(result))
     return 0
 
 
