@@ -351,7 +351,7 @@ def read_placements(source: str | Path) -> dict[str, dict]:
             manifest = json.loads((source / "manifest.json").read_text())
         else:
             saved = json.loads(source.read_text())
-            if not isinstance(saved, dict):
+            if not isinstance(saved, dict):   # a JSON list or number: the sentence below
                 raise TypeError
             if "placements" in saved and "format" not in saved:
                 checked = [_checked_placement(source, t, p) for t, p in saved["placements"].items()]
