@@ -175,6 +175,8 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
                     variants, targets,
                     ZOO_TEST if suite == "zoo" else None, eval_limit, chosen, runs, batch=1)
     batch8 = time_variants(variants, targets, max(20, runs // 4), batch=8) if suite == "speed" else {}
+    chosen_recipe = next((r for r in recipes if searches[r]), None)   # the latency-searched recipe: what users ship
+    rematch = _head_to_head(variants, targets, chosen_recipe) if suite == "speed" and chosen_recipe else {}
     torch_scores = {}
     if suite == "zoo":   # the bundle's fake-quant torch model on the same images (what the export must match)
         from .evaluate import evaluate_bundle
@@ -184,7 +186,7 @@ def bench_model(suite: str, name: str, recipes: list[str], runs: int, eval_limit
     spread = _seed_spread(spec, [r for r in recipes if searches[r] is not True], seeds, work, variants[0], targets,
                           eval_limit, chosen) if seeds > 1 else {}
     rows = [_row(suite, name, r, report, batch8, made.get(r.get("artifact")) or {}, torch_scores.get(r.get("artifact")),
-                 spread.get((r["variant"], r["target"])))
+                 spread.get((r["variant"], r["target"])), rematch.get((r["variant"], r["target"])))
             for r in report["rows"] if r["measured"]]   # NNCF's OpenVINO IR rows exist for OpenVINO only
     return sorted(rows, key=lambda r: (_variant_rank(r["variant"], recipes), RUNTIMES.index(r["runtime"]))), report
 
@@ -221,6 +223,35 @@ def _seed_spread(spec: str, recipes: list[str], seeds: int, work: Path, fp32, ta
     return spread
 
 
+HEAD_TO_HEAD_RUNS = 1000   # per file; a ratio of two files at parity then reads within about ±2 % (90 %)
+
+
+def _head_to_head(variants: list, targets: list, chosen: str, runs: int = HEAD_TO_HEAD_RUNS) -> dict:
+    """{(chosen, target name): fields}: edgeq's chosen artifact re-timed against every incumbent and FP32 on each
+    runtime, in a rotation of their own with ``runs`` runs each. The shared rotation's 200 runs of a dozen files
+    leave about ±6 % on a ratio, too wide to tell an incumbent at parity (within 2 %) from one ahead."""
+    from .profile.latency import block_ratio, interleave
+    from .report.build import BLOCK
+    result = {}
+    for t in targets:
+        paths = {v.name: (v.built[t.name].path, t.name) for v in variants
+                 if t.name in v.built and (v.kind != "edgeq" or v.name == chosen)}
+        incumbents = [name for name in paths if name not in ("fp32", chosen)]
+        if chosen not in paths or "fp32" not in paths or not incumbents:
+            continue
+        probes = interleave(paths, runs, warmup=10, batch=1, threads=None, target=t.name, block=BLOCK)
+        times = {name: session.times for name, (_, session) in probes.items()}
+        speedup = {name: block_ratio(times[name], times["fp32"], BLOCK) for name in paths}   # FP32 time / its time
+        best = max(incumbents, key=lambda name: speedup[name].ratio)
+        versus = block_ratio(times[chosen], times[best], BLOCK)   # the incumbent's time / edgeq's: edgeq's speed
+        result[(chosen, t.name)] = {
+            "runs": runs, "speedup_vs_runtime_fp32": speedup[chosen].ratio,
+            "speedup_interval": [speedup[chosen].low, speedup[chosen].high],
+            "incumbents": {name: speedup[name].ratio for name in incumbents}, "fastest_incumbent": best,
+            "vs_fastest_incumbent": versus.ratio, "vs_fastest_incumbent_interval": [versus.low, versus.high]}
+    return result
+
+
 def _variant_rank(variant: str, recipes: list[str]) -> int:
     incumbents = {"fp32": -5, "ort-minmax": -4, "nncf": -3, "nncf-ov": -2, "nncf-ov-transformer": -1}
     return incumbents.get(variant, recipes.index(variant) if variant in recipes else 99)
@@ -251,7 +282,7 @@ def _save_placements(bundle: Path, path: Path) -> None:
 
 
 def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dict, score_torch,
-         seed_drops: list | None = None) -> dict:
+         seed_drops: list | None = None, head_to_head: dict | None = None) -> dict:
     """A bench.json row from a report row (bench.json keeps the fields earlier bench runs wrote)."""
     runtime = get_target(row["target"]).runtime
     out = {"suite": suite, "model": name, "variant": row["variant"], "runtime": runtime,
@@ -277,6 +308,8 @@ def _row(suite: str, name: str, row: dict, report: dict, batch8: dict, made: dic
                 "fallback_seconds": fallback.get("seconds"), "float_units": row.get("float_units"),
                 "units": row.get("units"), "placement": row.get("placement"),
                 "input_shape": report["input_shape"], "eval_samples": report["data"]["samples"], **_cpu_fields()})
+    if head_to_head:
+        out["head_to_head"] = head_to_head
     return out
 
 
@@ -376,7 +409,7 @@ def to_markdown(report: dict) -> str:
         for r in rows:
             lines.append("| " + " | ".join(_field_cell(r, f) for f in fields) + " |")
         lines.append("")
-    return "\n".join(lines + _placement_check(report["rows"]))
+    return "\n".join(lines + _placement_check(report["rows"]) + _incumbent_check(report["rows"]))
 
 
 def _placement_check(rows: list[dict]) -> list[str]:
@@ -406,6 +439,34 @@ def _placement_check(rows: list[dict]) -> list[str]:
             "",
             "| model | runtime | w8a8 (interval) | float units | all-int8 | held up |", "|---|---|---|---|---|---|",
             *checks, ""]
+
+
+PARITY = 0.98   # edgeq's artifact at least this fraction of the fastest incumbent's speed counts as level or ahead
+
+
+def _incumbent_check(rows: list[dict]) -> list[str]:
+    """edgeq's chosen artifact against the fastest incumbent on each runtime, from the head-to-head rotation."""
+    checks = []
+    for r in rows:
+        h = r.get("head_to_head")
+        if r.get("suite") != "speed" or not h:
+            continue
+        low, high = h["vs_fastest_incumbent_interval"]
+        verdict = "yes" if h["vs_fastest_incumbent"] >= PARITY else "no"
+        checks.append(f"| {r['model']} | {r['runtime']} | {r['variant']} {h['speedup_vs_runtime_fp32']:.3g} "
+                      f"({h['speedup_interval'][0]:.2f}–{h['speedup_interval'][1]:.2f}) | {h['fastest_incumbent']} "
+                      f"{h['incumbents'][h['fastest_incumbent']]:.3g} | {h['vs_fastest_incumbent']:.3f} "
+                      f"({low:.3f}–{high:.3f}) | {verdict} |")
+    if not checks:
+        return []
+    runs = next(r["head_to_head"]["runs"] for r in rows if r.get("head_to_head"))
+    return ["## edgeq against the fastest incumbent (speed suite)", "",
+            f"edgeq's chosen artifact, FP32 and every incumbent on the runtime re-timed at batch 1 in a rotation of "
+            f"their own ({runs} runs each, alternating blocks): speed-ups over the runtime's FP32 (90 % interval), "
+            f"the fastest incumbent's, and edgeq's speed over that incumbent's (1.0 = level); it holds when that "
+            f"reads ≥ {PARITY}.", "",
+            "| model | runtime | edgeq (interval) | fastest incumbent | edgeq / incumbent (interval) | ≥ "
+            f"{PARITY} |", "|---|---|---|---|---|---|", *checks, ""]
 
 
 def _field_cell(row: dict, field: str) -> str:

@@ -60,19 +60,28 @@ INCUMBENTS = ("ort-minmax", "nncf", "nncf-ov", "nncf-ov-transformer")
 
 
 def incumbent_table(rows: list[dict], runtime: str) -> list[str]:
-    """Speed-up over the runtime's FP32 per variant, and edgeq's chosen artifact (w8a8) against the fastest
-    incumbent (the ratio of the two speed-ups, both from the same rotation)."""
+    """Speed-up over the runtime's FP32 per variant, edgeq's chosen artifact (w8a8) against the fastest
+    incumbent (the ratio of the two speed-ups, both from the same rotation), and the same ratio from the
+    head-to-head rotation (edgeq's artifact, FP32 and the incumbents only, 1000 runs each) with its interval."""
     variants = [*INCUMBENTS, "w8a8-fast", "w8a8"]
-    lines = ["| model | " + " | ".join(variants) + " | w8a8 / fastest incumbent |",
-             "|---|" + "---|" * (len(variants) + 1)]
+    lines = ["| model | " + " | ".join(variants) + " | w8a8 / fastest incumbent | head to head (interval) |",
+             "|---|" + "---|" * (len(variants) + 2)]
     for model in dict.fromkeys(r["model"] for r in rows):
-        got = {r["variant"]: r.get("speedup_vs_runtime_fp32") for r in rows
-               if r["model"] == model and r["runtime"] == runtime}
+        mine = {r["variant"]: r for r in rows if r["model"] == model and r["runtime"] == runtime}
+        got = {v: r.get("speedup_vs_runtime_fp32") for v, r in mine.items()}
         best = max((got[v] for v in INCUMBENTS if got.get(v)), default=None)
         ratio = got["w8a8"] / best if best and got.get("w8a8") else None
         lines.append(f"| {model} | " + " | ".join(num(got.get(v), "{:.2f}x") for v in variants)
-                     + f" | {num(ratio)} |")
+                     + f" | {num(ratio)} | {head_to_head(mine.get('w8a8') or {})} |")
     return lines
+
+
+def head_to_head(r: dict) -> str:
+    h = r.get("head_to_head")
+    if not h:
+        return "–"
+    low, high = h["vs_fastest_incumbent_interval"]
+    return f"{h['vs_fastest_incumbent']:.3f} ({low:.2f}–{high:.2f}) vs {h['fastest_incumbent']}"
 
 
 def main() -> None:
