@@ -76,7 +76,7 @@ def test_attention_operands_from_quantized_convolutions_are_read_as_nhwc_and_the
     merged = api.export(bundle, "onnx", tmp_path / "merged.onnx", precision="int8", target="openvino-cpu")
     monkeypatch.setattr(openvino_form, "merge_permutation_chains", lambda model: 0)
     kept = api.export(bundle, "onnx", tmp_path / "kept.onnx", precision="int8", target="openvino-cpu")
-    assert merged["passes"]["openvino_permutation_chains"] == 3   # q, k and v
+    assert merged["passes"]["openvino_permutation_chains"] == 4   # q, k, v and the output
     g = GraphIndex(onnx.load(merged["path"]))
     to_nhwc = [n for n in g.graph.node if n.op_type == "Transpose" and list(n.attribute[0].ints) == TO_NHWC]
     assert len(to_nhwc) == 3
@@ -92,6 +92,29 @@ def test_attention_operands_from_quantized_convolutions_are_read_as_nhwc_and_the
         ops = compile_model(record["path"], threads=2, batch=1).get_runtime_model().get_ordered_ops()
         return sum(op.get_rt_info()["layerType"].astype(str) == "MatMul" for op in ops)
     assert (matmuls(kept), matmuls(merged)) == (2, 0)
+
+
+def test_an_attention_output_added_to_a_convolution_output_is_written_nhwc(calib_npy, tmp_path, monkeypatch):
+    """EfficientFormerV2's attention output, [B, heads, N, d] transposed to [B, heads, d, N] and reshaped to the
+    map, is added to the local-value convolution's output (an Add OpenVINO fuses into that convolution, NHWC):
+    the form writes it NHWC, a (0, 2, 1, 3) Transpose instead of the inner-axes one, then a Transpose to NCHW
+    (which the convolution's reorder absorbs). Every value is the same, at any batch."""
+    from edgeq.export.openvino_layout import TO_NCHW
+    from edgeq.export.qdq import GraphIndex
+    bundle = tmp_path / "mhlva.edgeq"
+    api.quantize(f"{TINY}:multi_head_local_value_attention", str(calib_npy), "w8a8-fast", bundle, seed=0)
+    merged = api.export(bundle, "onnx", tmp_path / "merged.onnx", precision="int8", target="openvino-cpu")
+    monkeypatch.setattr(openvino_form, "merge_permutation_chains", lambda model: 0)
+    kept = api.export(bundle, "onnx", tmp_path / "kept.onnx", precision="int8", target="openvino-cpu")
+    assert (0, 1, 3, 2) in _transposes(kept) and (0, 1, 3, 2) not in _transposes(merged)
+    g = GraphIndex(onnx.load(merged["path"]))
+    added = [g.producer.get(i) for n in g.graph.node if n.op_type == "Add" for i in n.input]
+    to_nchw = [p for p in added if p is not None and p.op_type == "Transpose" and list(p.attribute[0].ints) == TO_NCHW]
+    assert len(to_nchw) == 1   # the attention output, beside the local value's convolution output
+    x = np.load(calib_npy)
+    for batch in (1, 3):
+        outputs = [ort_cpu.OrtSession(r["path"]).infer([x[:batch]])[0] for r in (kept, merged)]
+        np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-6)
 
 
 def test_attention_key_transpose_reaches_its_matmul_with_the_scale_and_quantizer_above_it(

@@ -385,6 +385,31 @@ def local_value_attention():
     return LocalValueAttention().eval()
 
 
+class MultiHeadLocalValueAttention(LocalValueAttention):
+    """The same with heads, written as timm's EfficientFormerV2 Attention2d writes it: q, k, v reshaped to
+    [B, heads, d, N], and the output (attn @ v) transposed back to [B, heads, d, N] before the local value's Add."""
+
+    heads = 2
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        q = self.q(x).reshape(b, self.heads, -1, h * w).permute(0, 1, 3, 2)
+        k = self.k(x).reshape(b, self.heads, -1, h * w)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(b, self.heads, -1, h * w).permute(0, 1, 3, 2)
+        attn = (q @ k * (c // self.heads) ** -0.5).softmax(-1)
+        out = (attn @ v).transpose(2, 3).reshape(b, c, h, w) + v_local
+        x = x + self.proj(torch.relu(out))
+        return self.head(x.mean((2, 3)))
+
+
+def multi_head_local_value_attention():
+    torch.manual_seed(0)
+    return MultiHeadLocalValueAttention().eval()
+
+
 class PatchTokens(nn.Module):
     """MobileViT's block in small, written as timm writes it: a conv's map unfolded into tokens of 2×2 patches
     (Reshape/Transpose chains), LayerNorm and an MLP over the tokens, folded back into a 1×1 conv."""
