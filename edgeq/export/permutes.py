@@ -212,7 +212,8 @@ def _into_conv(g: GraphIndex, chain: list[onnx.NodeProto]) -> bool:
     out = chain[-1].output[0]
     users = g.consumers.get(out, [])
     if len(users) == 1 and users[0].op_type == "Add" and len(users[0].input) == 2:
-        return _made_by_conv(g, next(i for i in users[0].input if i != out))
+        other = next(i for i in users[0].input if i != out)   # fused only where the Add is its one reader
+        return _made_by_conv(g, other) and len(g.consumers.get(other, [])) == 1
     if len(users) == 1 and users[0].op_type == "QuantizeLinear":
         dqs = g.consumers.get(users[0].output[0], [])
         users = [u for dq in dqs if dq.op_type == "DequantizeLinear" for u in g.consumers.get(dq.output[0], [])]
